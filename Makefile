@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Java 17 and Python 3.11:
+#   make demo   installs everything into .venv and runs the whole pipeline on conf/demo.yaml
+#   make test   installs everything into .venv and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast clean
+
+$(STAMP): requirements.txt setup.py
+	@command -v java >/dev/null || { echo "Java 17 is required (java not found on PATH)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ulr-spark run --config conf/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not slow" tests
+
+clean:
+	rm -rf ulr-data spark-warehouse .pytest_cache

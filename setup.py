@@ -1,0 +1,22 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ulr-spark",
+    version="0.1.0",
+    description="Remove position bias from click logs with two-tower models on Spark, Petastorm and PyTorch.",
+    packages=find_packages(include=["ulr_spark", "ulr_spark.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        # Keep in step with requirements.txt (the pinned, tested set).
+        "pyspark>=4.0,<4.1",
+        "delta-spark>=4.0,<4.1",
+        "petastorm==0.12.1",
+        "pyarrow>=14,<15",
+        "numpy>=1.26,<2",
+        "pandas>=2.1,<3",
+        "torch>=2.4,<3",
+        "pyyaml>=6",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+    entry_points={"console_scripts": ["ulr-spark=ulr_spark.cli:main"]},
+)

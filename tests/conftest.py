@@ -1,0 +1,37 @@
+import os
+import sys
+
+import pytest
+
+from ulr_spark.config import SparkConfig, config_from_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from ulr_spark.spark import get_spark
+
+    session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"))
+    yield session
+    session.stop()
+
+
+def small_config(root, **sections):
+    """A config for small test data under ``root``; ``sections`` override whole keys."""
+    data = {
+        "spark": {"master": "local[2]", "shuffle_partitions": 4},
+        "tables": {"root": str(root)},
+        "simulate": {
+            "num_queries": 200,
+            "candidates_per_query": 15,
+            "num_requests": 2000,
+            "partitions": 2,
+            "days": 2,
+        },
+        "examples": {"partitions": 4},
+        "train": {"num_processes": 2, "epochs": 2, "batch_size": 128, "bias_curve_sample": 2000},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return config_from_dict(data)

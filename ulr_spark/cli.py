@@ -1,0 +1,86 @@
+"""``ulr-spark <stage> --config conf/demo.yaml``: one sub-command per stage, plus ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional
+
+from ulr_spark.config import ConfigError, load_config
+from ulr_spark.pipeline import STAGES, resolve_run_id, run_all, run_stage
+from ulr_spark.validate import InvalidLogError
+
+DESCRIPTIONS = {
+    "simulate": "Write a simulated impression log and its truth to Delta.",
+    "build-examples": "Validate the log and build weighted position-context examples.",
+    "train": "Train the configured models with Petastorm and TorchDistributor.",
+    "score": "Score (query, item) pairs with the relevance towers of a run.",
+    "evaluate": "NDCG and bias-curve error of a run against the simulated truth.",
+    "run": "All stages in order: simulate, build-examples, train, score, evaluate.",
+}
+
+EXAMPLES = {
+    "simulate": "ulr-spark simulate --config conf/demo.yaml --set simulate.num_requests=10000",
+    "build-examples": "ulr-spark build-examples --config conf/demo.yaml",
+    "train": "ulr-spark train --config conf/demo.yaml --set train.epochs=2 --run-id try1",
+    "score": "ulr-spark score --config conf/demo.yaml --run-id try1",
+    "evaluate": "ulr-spark evaluate --config conf/demo.yaml   # newest run",
+    "run": "ulr-spark run --config conf/demo.yaml",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ulr-spark", description="Remove position bias from click logs.")
+    subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for stage in list(STAGES) + ["run"]:
+        sub = subs.add_parser(
+            stage,
+            help=DESCRIPTIONS[stage],
+            description=DESCRIPTIONS[stage],
+            epilog=f"example:\n  {EXAMPLES[stage]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--config", default="conf/demo.yaml", help="YAML config (default: conf/demo.yaml)")
+        sub.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+        )
+        sub.add_argument(
+            "--run-id",
+            help="run to write or read; train and run start a new one by default, score and evaluate use the newest",
+        )
+    return top
+
+
+def quiet_library_warnings() -> None:
+    """Petastorm 0.12.1 calls pyarrow APIs that warn on every read; they are known and harmless."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\.|$)")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    quiet_library_warnings()
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"ulr-spark: {error}", file=sys.stderr)
+        return 2
+
+    from ulr_spark.spark import get_spark
+
+    spark = get_spark(config.spark)
+    try:
+        if args.stage == "run":
+            run_all(config, spark, args.run_id)
+        else:
+            run_stage(config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id))
+    except (InvalidLogError, FileNotFoundError, ValueError) as error:
+        print(f"ulr-spark {args.stage}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Typed, validated configuration.
+
+A YAML file maps onto the dataclasses below. Loading is strict: an unknown key, a value of the
+wrong type or a value outside its range raises :class:`ConfigError` naming the key, so a typo
+fails at start-up rather than hours into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "ulr-spark"
+    shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+    # Extra Spark settings, passed through verbatim (e.g. spark.executor.memory).
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self, at: str) -> None:
+        _check(self.shuffle_partitions >= 1, f"{at}.shuffle_partitions", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """Where each table lives. Relative paths resolve against ``root``."""
+
+    root: str = "ulr-data"
+    impressions: str = "impressions"
+    truth_labels: str = "truth/labels"
+    truth_examination: str = "truth/examination"
+    candidates: str = "candidates"
+    examples: str = "examples"
+    bias_curves: str = "bias_curves"
+    scores: str = "scores"
+    metrics: str = "metrics"
+    models: str = "models"
+    petastorm_cache: str = "petastorm_cache"
+
+    def path(self, name: str) -> str:
+        value = getattr(self, name)
+        if os.path.isabs(value) or "://" in value:
+            return value
+        root = self.root if (os.path.isabs(self.root) or "://" in self.root) else os.path.abspath(self.root)
+        return os.path.join(root, value)
+
+
+@dataclass(frozen=True)
+class LogColumns:
+    """Names of the impression-log columns (DESIGN section 2)."""
+
+    request_id: str = "request_id"
+    query_id: str = "query_id"
+    item_id: str = "item_id"
+    position: str = "position"
+    clicked: str = "clicked"
+    # One array<float|double> column holding the relevance features of the shown item.
+    features: str = "features"
+    # Low-cardinality columns describing the page (device, layout, ...), inputs of the bias tower.
+    context: list[str] = field(default_factory=list)
+
+    def validate(self, at: str) -> None:
+        names = [self.request_id, self.query_id, self.item_id, self.position, self.clicked, self.features]
+        names += list(self.context)
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        _check(not duplicated, at, f"column names must be distinct, repeated: {duplicated}")
+
+
+@dataclass(frozen=True)
+class LoggingRankerConfig:
+    """The simulated production ranker: score = relevance_weight * f(x) + distractor_weight * u(x)
+    + noise * N(0, 1) drawn per request; it shows its top ``slate_size`` candidates."""
+
+    relevance_weight: float = 1.0
+    distractor_weight: float = 1.0
+    noise: float = 1.0
+
+    def validate(self, at: str) -> None:
+        _check(self.noise >= 0, f"{at}.noise", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    scenario: str = "pbm"
+    seed: int = 7
+    num_queries: int = 2000
+    heldout_fraction: float = 0.2
+    candidates_per_query: int = 20
+    slate_size: int = 10
+    num_requests: int = 100_000
+    num_features: int = 16
+    # Examination of slots 1..slate_size: theta_k ** eta (DESIGN section 4).
+    examination: list[float] = field(
+        default_factory=lambda: [0.68, 0.61, 0.48, 0.34, 0.28, 0.20, 0.11, 0.10, 0.08, 0.06]
+    )
+    eta: float = 1.0
+    click_noise: float = 0.1  # eps in P(attracted | y) = eps + (1 - eps) (2^y - 1) / 15
+    # Share of (query, item) pairs at each label 0..4.
+    label_shares: list[float] = field(default_factory=lambda: [0.45, 0.30, 0.15, 0.07, 0.03])
+    logging_ranker: LoggingRankerConfig = field(default_factory=LoggingRankerConfig)
+    start_date: str = "2026-01-01"
+    days: int = 7  # requests are spread over this many event_date partitions
+    partitions: int = 8
+
+    SCENARIOS = ("pbm",)
+
+    def validate(self, at: str) -> None:
+        _check(self.scenario in self.SCENARIOS, f"{at}.scenario", f"must be one of {list(self.SCENARIOS)}")
+        _check(self.num_queries >= 2, f"{at}.num_queries", "must be >= 2")
+        _check(0 < self.heldout_fraction < 1, f"{at}.heldout_fraction", "must be in (0, 1)")
+        _check(self.slate_size >= 1, f"{at}.slate_size", "must be >= 1")
+        _check(
+            self.candidates_per_query >= self.slate_size,
+            f"{at}.candidates_per_query",
+            "must be >= slate_size",
+        )
+        _check(self.num_requests >= 1, f"{at}.num_requests", "must be >= 1")
+        _check(self.num_features >= 2, f"{at}.num_features", "must be >= 2")
+        _check(
+            len(self.examination) >= self.slate_size,
+            f"{at}.examination",
+            f"needs one value per slot (slate_size={self.slate_size})",
+        )
+        _check(all(0 < v <= 1 for v in self.examination), f"{at}.examination", "values must be in (0, 1]")
+        _check(self.eta > 0, f"{at}.eta", "must be > 0")
+        _check(0 <= self.click_noise < 1, f"{at}.click_noise", "must be in [0, 1)")
+        _check(len(self.label_shares) == 5, f"{at}.label_shares", "needs 5 values (labels 0..4)")
+        _check(
+            all(v >= 0 for v in self.label_shares) and abs(sum(self.label_shares) - 1) < 1e-6,
+            f"{at}.label_shares",
+            "must be non-negative and sum to 1",
+        )
+        _check(self.partitions >= 1, f"{at}.partitions", "must be >= 1")
+        _check(self.days >= 1, f"{at}.days", "must be >= 1")
+        try:
+            datetime.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise ConfigError(f"config key '{at}.start_date': must be a date like 2026-01-01") from None
+
+
+@dataclass(frozen=True)
+class ExamplesConfig:
+    max_slate_size: int = 10  # slots beyond this are not used (top-k shown)
+    partitions: int = 8  # files of the examples table; at least the number of training processes
+
+    def validate(self, at: str) -> None:
+        _check(self.max_slate_size >= 1, f"{at}.max_slate_size", "must be >= 1")
+        _check(self.partitions >= 1, f"{at}.partitions", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    models: list[str] = field(default_factory=lambda: ["naive", "additive"])
+    num_processes: int = 2
+    use_gpu: bool = False
+    epochs: int = 15
+    batch_size: int = 256  # slates per process and step
+    learning_rate: float = 0.003
+    weight_decay: float = 0.0
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    seed: int = 0
+    # Slates drawn from the examples to estimate the learned examination curve.
+    bias_curve_sample: int = 20_000
+
+    MODELS = ("naive", "additive")
+
+    def validate(self, at: str) -> None:
+        _check(len(self.models) >= 1, f"{at}.models", "must name at least one model")
+        for name in self.models:
+            _check(name in self.MODELS, f"{at}.models", f"unknown model {name!r}; known: {list(self.MODELS)}")
+        _check(len(set(self.models)) == len(self.models), f"{at}.models", "must not repeat a model")
+        _check(self.num_processes >= 1, f"{at}.num_processes", "must be >= 1")
+        _check(self.epochs >= 1, f"{at}.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, f"{at}.batch_size", "must be >= 1")
+        _check(self.learning_rate > 0, f"{at}.learning_rate", "must be > 0")
+        _check(self.weight_decay >= 0, f"{at}.weight_decay", "must be >= 0")
+        _check(all(h >= 1 for h in self.hidden_sizes), f"{at}.hidden_sizes", "sizes must be >= 1")
+        _check(self.bias_curve_sample >= 1, f"{at}.bias_curve_sample", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    # Table of (query_id, item_id, features) to score; "candidates" (written by simulate) or
+    # "impressions" (the distinct pairs of the log).
+    source: str = "candidates"
+    batch_size: int = 4096
+
+    def validate(self, at: str) -> None:
+        _check(self.source in ("candidates", "impressions"), f"{at}.source", "must be 'candidates' or 'impressions'")
+        _check(self.batch_size >= 1, f"{at}.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ndcg_at: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    # Which queries NDCG is measured on: "heldout" (never in the log) or "all".
+    queries: str = "heldout"
+    # Slots whose examination error is averaged (slot 1 is the reference, error 0 by definition).
+    bias_error_slots: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8, 9, 10])
+
+    def validate(self, at: str) -> None:
+        _check(len(self.ndcg_at) >= 1 and all(k >= 1 for k in self.ndcg_at), f"{at}.ndcg_at", "cutoffs must be >= 1")
+        _check(self.queries in ("heldout", "all"), f"{at}.queries", "must be 'heldout' or 'all'")
+        _check(all(k >= 2 for k in self.bias_error_slots), f"{at}.bias_error_slots", "slots must be >= 2")
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    columns: LogColumns = field(default_factory=LogColumns)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    examples: ExamplesConfig = field(default_factory=ExamplesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self, at: str = "") -> None:
+        _check(
+            self.examples.partitions >= self.train.num_processes,
+            "examples.partitions",
+            f"must be >= train.num_processes ({self.train.num_processes}) so every process reads a shard",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole config, stored with artifacts and tables."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, key: str, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {rule}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, [a for a in args if a is not type(None)][0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
+        return {str(k): str(v) for k, v in value.items()}
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if isinstance(value, datetime.date):  # YAML reads 2026-01-01 as a date
+            return value.isoformat()
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+def _build(cls: type, data: Any, at: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{at or '<root>'}': expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{at}." if at else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'; known keys{' of ' + at if at else ''}: {sorted(fields)}"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{at}.{name}" if at else name) for name, value in data.items()}
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(at)
+    return obj
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML config (or the defaults) and apply ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data, "")

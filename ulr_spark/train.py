@@ -1,0 +1,234 @@
+"""Training: Petastorm feeds each process, ``TorchDistributor`` runs DDP (gloo on CPU, nccl on
+GPU), rank 0 saves the artifact, and the driver writes the learned bias curves to Delta.
+
+``TorchDistributor(local_mode=True)`` returns the value of an arbitrary rank, so the workers
+return nothing the driver relies on: the artifact path is decided before the job starts.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ulr_spark import schema as S
+from ulr_spark.artifacts import artifact_dir, load_model, read_artifact, save_artifact
+from ulr_spark.config import Config
+from ulr_spark.delta_io import read_table, replace_rows, sql_string
+from ulr_spark.loaders import SlateBatch, make_converter, shard_batches
+from ulr_spark.models import MODEL_CLASSES, ModelSpec, build_model, examination_curve, weighted_click_loss
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What every training process needs; pickled to the workers with the function."""
+
+    spec: ModelSpec
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    seed: int
+    use_gpu: bool
+    artifact_path: str
+    card: dict
+
+
+@dataclass(frozen=True)
+class ExamplesShape:
+    rows: int
+    num_features: int
+    max_slate_size: int
+    contexts: dict[int, str]
+
+
+def describe_examples(examples: DataFrame) -> ExamplesShape:
+    stats = examples.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.max(F.size(S.POSITIONS)).alias("k"),
+        F.max(F.size(S.FEATURES)).alias("kd"),
+    ).first()
+    if not stats["rows"]:
+        raise ValueError("train: the examples table is empty; run build-examples on a non-empty log first")
+    contexts = {r[S.CONTEXT_ID]: r[S.CONTEXT_KEY] for r in examples.select(S.CONTEXT_ID, S.CONTEXT_KEY).distinct().collect()}
+    return ExamplesShape(
+        rows=int(stats["rows"]),
+        num_features=int(stats["kd"]) // int(stats["k"]),
+        max_slate_size=int(stats["k"]),
+        contexts=contexts,
+    )
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def train_worker(job: TrainJob, converter) -> str:
+    """Body of one DDP process (run by TorchDistributor through torchrun)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ulr_spark.cli import quiet_library_warnings
+
+    quiet_library_warnings()
+    dist.init_process_group("nccl" if job.use_gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device = _device(job.use_gpu)
+    if job.use_gpu:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    torch.manual_seed(job.seed)
+
+    model = build_model(job.spec).to(device)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if job.use_gpu else None)
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
+    k = job.spec.max_slate_size
+
+    started = time.time()
+    history = []
+    with shard_batches(converter, job.batch_size, rank, world, k, device) as batches:
+        for epoch in range(job.epochs):
+            epoch_start = time.time()
+            totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, slot impressions, slates
+            ddp.train()
+            for _ in range(job.steps_per_epoch):
+                batch: SlateBatch = next(batches)
+                logits = ddp(batch.features, batch.positions, batch.context_ids)
+                loss_sum, weight = weighted_click_loss(logits, batch.clicks, batch.impressions, batch.positions)
+                optimizer.zero_grad(set_to_none=True)
+                (loss_sum / weight.clamp(min=1.0)).backward()
+                optimizer.step()
+                totals += torch.stack([loss_sum.detach().double(), weight.double(), torch.tensor(
+                    float(batch.positions.shape[0]), dtype=torch.float64, device=device)])
+            dist.all_reduce(totals)
+            seconds = time.time() - epoch_start
+            mean_loss = (totals[0] / totals[1]).item()
+            history.append(mean_loss)
+            if rank == 0:
+                eta = (time.time() - started) / (epoch + 1) * (job.epochs - epoch - 1)
+                print(
+                    f"train[{job.spec.name}] epoch {epoch + 1}/{job.epochs} loss={mean_loss:.5f} "
+                    f"slates/s={totals[2].item() / max(seconds, 1e-9):,.0f} "
+                    f"({totals[2].item() / world / max(seconds, 1e-9):,.0f} per process) eta={eta:.0f}s",
+                    flush=True,
+                )
+    if rank == 0:
+        card = {**job.card, "loss_history": history, "world_size": world, "train_seconds": time.time() - started}
+        save_artifact(job.artifact_path, model, card)
+    dist.barrier()
+    dist.destroy_process_group()
+    return job.artifact_path
+
+
+def _run_distributed(config: Config, job: TrainJob, converter) -> None:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    tc = config.train
+    local = config.spark.master.startswith("local")
+    TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(
+        train_worker, job, converter
+    )
+    if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
+        raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}")
+
+
+def learned_bias_curves(model_artifact, sample_features: np.ndarray, run_id: str) -> pd.DataFrame:
+    """The examination curve of every context the model knows, as rows of the bias table."""
+    model = load_model(model_artifact)
+    items = torch.from_numpy(sample_features)
+    rows = []
+    for context_id, context_key in sorted(model_artifact.contexts.items()):
+        curve = examination_curve(model, items, context_id).numpy()
+        for slot, value in enumerate(curve, start=1):
+            rows.append((model_artifact.spec.name, run_id, context_key, slot, float(value)))
+    return pd.DataFrame(rows, columns=[S.MODEL, S.RUN_ID, S.CONTEXT_KEY, S.POSITION, S.EXAMINATION])
+
+
+def sample_shown_items(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> np.ndarray:
+    """Features of the items shown in a random sample of slates, [N, D]."""
+    fraction = min(1.0, 1.2 * sample_slates / shape.rows)
+    rows = (
+        examples.sample(fraction=fraction, seed=seed)
+        .limit(sample_slates)
+        .select(S.SLATE_SIZE, S.FEATURES)
+        .toPandas()
+    )
+    d = shape.num_features
+    items = [np.asarray(f, dtype=np.float32).reshape(-1, d)[:n] for n, f in zip(rows[S.SLATE_SIZE], rows[S.FEATURES])]
+    return np.concatenate(items)
+
+
+def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
+    """Train every configured model on the examples; returns the artifact paths."""
+    tc, tables = config.train, config.tables
+    examples = read_table(spark, tables.path("examples"))
+    shape = describe_examples(examples)
+    steps = max(1, math.ceil(shape.rows / (tc.batch_size * tc.num_processes)))
+    print(
+        f"train: {shape.rows} slates, {shape.num_features} features, {shape.max_slate_size} slots, "
+        f"{len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps x {tc.epochs} epochs"
+    )
+    cache_dir = tables.path("petastorm_cache")
+    cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
+    converter = make_converter(spark, examples, cache_url, config.examples.partitions, tc.num_processes)
+    paths = []
+    curves = []
+    try:
+        sample = sample_shown_items(examples, shape, tc.bias_curve_sample, tc.seed)
+        for name in tc.models:
+            spec = ModelSpec(
+                name=name,
+                num_features=shape.num_features,
+                max_slate_size=shape.max_slate_size,
+                num_contexts=max(shape.contexts) + 1,
+                hidden_sizes=list(tc.hidden_sizes),
+            )
+            card = {
+                "run_id": run_id,
+                "model": name,
+                "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                "features_column": config.columns.features,
+                "contexts": {str(k): v for k, v in shape.contexts.items()},
+                "config": config.to_dict(),
+                "config_fingerprint": config.fingerprint(),
+                "examples_rows": shape.rows,
+                "torch_version": torch.__version__,
+            }
+            job = TrainJob(
+                spec=spec,
+                epochs=tc.epochs,
+                steps_per_epoch=steps,
+                batch_size=tc.batch_size,
+                learning_rate=tc.learning_rate,
+                weight_decay=tc.weight_decay,
+                seed=tc.seed,
+                use_gpu=tc.use_gpu,
+                artifact_path=artifact_dir(tables.path("models"), run_id, name),
+                card=card,
+            )
+            _run_distributed(config, job, converter)
+            paths.append(job.artifact_path)
+            artifact = read_artifact(job.artifact_path)
+            if MODEL_CLASSES[name].has_bias_tower:
+                curves.append(learned_bias_curves(artifact, sample, run_id))
+    finally:
+        converter.delete()
+    if curves:
+        bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(
+            S.TRAINED_AT, F.current_timestamp()
+        )
+        replace_rows(bias.coalesce(1), tables.path("bias_curves"), run_id, f"{S.RUN_ID} = {sql_string(run_id)}")
+    return paths
