@@ -97,7 +97,11 @@ def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
 def format_metrics(metrics: DataFrame) -> str:
     """A readable table: one row per model, one column per metric."""
     rows = metrics.select(S.MODEL, S.METRIC, S.VALUE).collect()
-    names = sorted({r[S.METRIC] for r in rows}, key=lambda m: (not m.startswith("ndcg@"), int(m[5:]) if m.startswith("ndcg@") else 0, m))
+    def order(metric: str) -> tuple:
+        is_ndcg = metric.startswith("ndcg@")
+        return (not is_ndcg, int(metric.split("@")[1]) if is_ndcg else 0, metric)
+
+    names = sorted({r[S.METRIC] for r in rows}, key=order)
     models = sorted({r[S.MODEL] for r in rows})
     values = {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in rows}
     width = max([len("model")] + [len(m) for m in models])

@@ -23,6 +23,11 @@ from ulr_spark.delta_io import overwrite_table, read_table
 from ulr_spark.validate import LogSummary, context_key, validate_log
 
 
+# Below this share of (query, item) pairs logged in more than one slot, position and relevance
+# can hardly be told apart (Hager et al., 2025), and build-examples says so.
+MIN_SHARE_IN_SEVERAL_SLOTS = 0.05
+
+
 @dataclass(frozen=True)
 class ExamplesSummary:
     log_rows: int
@@ -31,6 +36,7 @@ class ExamplesSummary:
     examples: int
     num_features: int
     contexts: int
+    share_of_pairs_in_several_slots: float
 
     @property
     def compression(self) -> float:
@@ -99,6 +105,13 @@ def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
     )
 
 
+def share_of_pairs_in_several_slots(log: DataFrame, cols: LogColumns) -> float:
+    """Share of (query, item) pairs the log shows in two or more different slots."""
+    per_pair = log.groupBy(cols.query_id, cols.item_id).agg(F.countDistinct(cols.position).alias("slots"))
+    row = per_pair.agg(F.avg((F.col("slots") > 1).cast("double")).alias("share")).first()
+    return float(row["share"] or 0.0)
+
+
 def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     """Validate the log, build the examples and write them in one transaction."""
     cols, k = config.columns, config.examples.max_slate_size
@@ -108,6 +121,12 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     if beyond:
         print(f"build-examples: {beyond} log row(s) sit beyond max_slate_size={k} and are not used")
 
+    share = share_of_pairs_in_several_slots(log, cols)
+    if share < MIN_SHARE_IN_SEVERAL_SLOTS:
+        print(
+            f"build-examples: WARNING only {share:.1%} of (query, item) pairs were shown in more than one slot; "
+            "unless item features overlap across slots, the bias and relevance towers cannot be told apart"
+        )
     slates = requests_to_slates(log, cols, k, summary.num_features)
     merged = merge_identical_slates(slates, k).cache()
     try:
@@ -127,4 +146,5 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         examples=n_examples,
         num_features=summary.num_features,
         contexts=contexts,
+        share_of_pairs_in_several_slots=share,
     )

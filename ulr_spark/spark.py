@@ -35,12 +35,14 @@ def get_spark(config: SparkConfig) -> SparkSession:
     if active is not None:
         return active
     if under_spark_submit():
-        return (
+        spark = (
             SparkSession.builder.appName(config.app_name)
             .config("spark.sql.extensions", DELTA_EXTENSION)
             .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
             .getOrCreate()
         )
+        spark.sparkContext.setLogLevel("WARN")
+        return spark
     # Workers must run the same interpreter as the driver (the project's virtualenv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

@@ -133,11 +133,12 @@ def train_worker(job: TrainJob, converter) -> str:
     return job.artifact_path
 
 
-def _run_distributed(config: Config, job: TrainJob, converter) -> None:
+def _run_distributed(spark: SparkSession, config: Config, job: TrainJob, converter) -> None:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     tc = config.train
-    local = config.spark.master.startswith("local")
+    # The session's master decides, not the config: spark-submit may have chosen another.
+    local = spark.sparkContext.master.startswith("local")
     TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(
         train_worker, job, converter
     )
@@ -219,7 +220,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 artifact_path=artifact_dir(tables.path("models"), run_id, name),
                 card=card,
             )
-            _run_distributed(config, job, converter)
+            _run_distributed(spark, config, job, converter)
             paths.append(job.artifact_path)
             artifact = read_artifact(job.artifact_path)
             if MODEL_CLASSES[name].has_bias_tower:
