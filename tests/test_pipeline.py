@@ -22,6 +22,9 @@ def pipeline_run(spark, tmp_path_factory):
         root,
         simulate={
             "num_queries": 500, "heldout_fraction": 0.4, "candidates_per_query": 15, "num_requests": 20000, "seed": 5,
+            # A stronger pull of the logging ranker towards the distractor than in the demo, so
+            # the naive model's handicap stands out of the training noise on small data.
+            "logging_ranker": {"relevance_weight": 1.0, "distractor_weight": 1.5, "noise": 1.0},
         },
         train={"epochs": 10, "batch_size": 256, "learning_rate": 0.01, "bias_curve_sample": 5000},
     )
@@ -42,9 +45,10 @@ def test_additive_model_beats_naive_and_recovers_the_curve(spark, pipeline_run):
     for k in (1, 3, 5, 10):
         assert ("naive", f"ndcg@{k}") in metrics and ("additive", f"ndcg@{k}") in metrics
     assert metrics[("additive", "ndcg@10")] > metrics[("naive", "ndcg@10")] + 0.01, metrics
-    # 200k impressions leave the tail slots noisy; the demo (1M) is held to 10%. A bias tower
-    # that learned nothing (a flat curve) scores above 3 here.
-    assert metrics[("additive", BIAS_ERROR)] < 0.25, metrics
+    assert metrics[("additive", "ndcg@1")] > metrics[("naive", "ndcg@1")], metrics
+    # 200k strongly confounded impressions leave the tail slots noisy (0.20-0.21 measured); the
+    # demo (1M) is held to 10%. A bias tower that learned nothing (a flat curve) scores above 3.
+    assert metrics[("additive", BIAS_ERROR)] < 0.3, metrics
     assert ("naive", BIAS_ERROR) not in metrics
 
 

@@ -21,12 +21,32 @@ def test_catalogue_is_deterministic_and_labels_follow_the_shares(tmp_path):
     assert abs(np.corrcoef(a.catalogue["relevance"], a.catalogue["distractor"])[0, 1]) < 0.15
 
 
+def test_hashed_draws_are_uniform_and_normal(spark):
+    from ulr_spark.simulate import hashed_normal, hashed_uniform
+
+    draws = spark.range(200_000).select(
+        hashed_uniform(F.col("id"), salt=1).alias("u"), hashed_normal(F.col("id"), salt=3).alias("z")
+    )
+    stats = draws.agg(
+        F.min("u"), F.max("u"), F.avg("u"), F.avg("z"), F.stddev("z"), F.avg((F.col("z") > 1.96).cast("double"))
+    ).first()
+    assert 0 < stats[0] < 1e-3 and 1 - 1e-3 < stats[1] < 1
+    assert abs(stats[2] - 0.5) < 0.005 and abs(stats[3]) < 0.01 and abs(stats[4] - 1) < 0.01
+    assert abs(stats[5] - 0.025) < 0.002
+
+
 def test_simulated_log_follows_the_position_based_model(spark, tmp_path):
     config = small_config(
         tmp_path, simulate={"num_queries": 100, "candidates_per_query": 12, "num_requests": 20000, "seed": 3}
     )
     counts = simulate(spark, config, "sim-test")
     log = read_table(spark, config.tables.path("impressions"))
+    first = log.select(F.sum(F.col("clicked") * F.hash("request_id", "item_id", "position"))).first()[0]
+    simulate(spark, config, "sim-test-again")
+    log = read_table(spark, config.tables.path("impressions"))
+    assert log.select(F.sum(F.col("clicked") * F.hash("request_id", "item_id", "position"))).first()[0] == first, (
+        "the same config must simulate the same log"
+    )
     assert log.count() == counts["impressions"] == 200_000
     assert log.select("event_date").distinct().count() == 2
     assert log.groupBy("request_id", "position").count().where("count > 1").count() == 0

@@ -62,6 +62,8 @@ def quiet_library_warnings() -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     quiet_library_warnings()
+    # Progress lines must show up as they happen, also when output goes to a log file.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         config = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as error:

@@ -59,10 +59,15 @@ def make_converter(spark: SparkSession, examples: DataFrame, cache_dir_url: str,
 
 @contextlib.contextmanager
 def shard_batches(
-    converter, batch_size: int, rank: int, world_size: int, max_slate_size: int, device: torch.device
+    converter, batch_size: int, rank: int, world_size: int, max_slate_size: int, device: torch.device, seed: int
 ) -> Iterator[Iterator[SlateBatch]]:
-    """An endless, shuffled stream of this rank's batches (epochs are counted in steps)."""
+    """An endless, shuffled stream of this rank's batches (epochs are counted in steps).
+
+    ``seed`` must be the same on every rank: Petastorm also uses it to assign row groups to
+    shards, and different seeds would give overlapping shards.
+    """
     with converter.make_torch_dataloader(
+        seed=seed,
         batch_size=batch_size,
         num_epochs=None,
         cur_shard=rank,

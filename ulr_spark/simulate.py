@@ -90,6 +90,26 @@ def draw_catalogue(cfg: SimulateConfig) -> SimulatedTruth:
     return SimulatedTruth(catalogue=catalogue, examination=examination_curve(cfg))
 
 
+_HASH_RANGE = 2**53
+
+
+def hashed_uniform(*columns: F.Column, salt: int) -> F.Column:
+    """A uniform draw in (0, 1) that is a pure function of the columns and the salt.
+
+    Unlike ``rand(seed)``, it does not depend on partitioning or on the order rows arrive in
+    after a shuffle, so the same config always simulates the same log.
+    """
+    bits = F.pmod(F.xxhash64(*columns, F.lit(salt)), F.lit(_HASH_RANGE))
+    return (bits.cast("double") + 0.5) / float(_HASH_RANGE)
+
+
+def hashed_normal(*columns: F.Column, salt: int) -> F.Column:
+    """A standard normal draw (Box-Muller over two hashed uniforms)."""
+    u1 = hashed_uniform(*columns, salt=salt)
+    u2 = hashed_uniform(*columns, salt=salt + 1)
+    return F.sqrt(-2.0 * F.log(u1)) * F.cos(2.0 * np.pi * u2)
+
+
 def impression_log(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTruth, cols: LogColumns) -> DataFrame:
     """The simulated log as a lazy Spark DataFrame (DESIGN section 2 contract)."""
     catalogue = truth.catalogue
@@ -115,7 +135,10 @@ def impression_log(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTru
     )
     shown = (
         requests.join(F.broadcast(candidates), "train_rank")
-        .withColumn("logged_score", F.col("base_score") + F.lit(lr.noise) * F.randn(cfg.seed))
+        .withColumn(
+            "logged_score",
+            F.col("base_score") + F.lit(lr.noise) * hashed_normal(F.col("request_index"), F.col(S.ITEM_ID), salt=cfg.seed),
+        )
         .withColumn(
             "slot",
             F.row_number().over(Window.partitionBy("request_index").orderBy(F.desc("logged_score"), S.ITEM_ID)),
@@ -128,7 +151,9 @@ def impression_log(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTru
         F.col(S.QUERY_ID).alias(cols.query_id),
         F.col(S.ITEM_ID).alias(cols.item_id),
         F.col("slot").cast("int").alias(cols.position),
-        (F.rand(cfg.seed + 1) < p_click).cast("int").alias(cols.clicked),
+        (hashed_uniform(F.col("request_index"), F.col(S.ITEM_ID), salt=cfg.seed + 2) < p_click)
+        .cast("int")
+        .alias(cols.clicked),
         F.col(S.FEATURES).cast(T.ArrayType(T.FloatType())).alias(cols.features),
         F.col("event_date"),
     )

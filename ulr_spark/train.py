@@ -99,7 +99,7 @@ def train_worker(job: TrainJob, converter) -> str:
 
     started = time.time()
     history = []
-    with shard_batches(converter, job.batch_size, rank, world, k, device) as batches:
+    with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed) as batches:
         for epoch in range(job.epochs):
             epoch_start = time.time()
             totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, slot impressions, slates
