@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Optional
 
 from ulr_spark.config import ConfigError, load_config
+from ulr_spark.loaders import quiet_petastorm_warnings
 from ulr_spark.pipeline import STAGES, resolve_run_id, run_all, run_stage
 from ulr_spark.validate import InvalidLogError
 
@@ -53,15 +53,9 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def quiet_library_warnings() -> None:
-    """Petastorm 0.12.1 calls pyarrow APIs that warn on every read; they are known and harmless."""
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\.|$)")
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
-    quiet_library_warnings()
+    quiet_petastorm_warnings()
     # Progress lines must show up as they happen, also when output goes to a log file.
     sys.stdout.reconfigure(line_buffering=True)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,6 +17,12 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 
 from ulr_spark import schema as S
+
+
+def quiet_petastorm_warnings() -> None:
+    """Petastorm 0.12.1 calls pyarrow APIs that warn on every read; they are known and harmless."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\.|$)")
 
 
 @dataclass

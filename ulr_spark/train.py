@@ -23,7 +23,7 @@ from ulr_spark import schema as S
 from ulr_spark.artifacts import artifact_dir, load_model, read_artifact, save_artifact
 from ulr_spark.config import Config
 from ulr_spark.delta_io import read_table, replace_rows, sql_string
-from ulr_spark.loaders import SlateBatch, make_converter, shard_batches
+from ulr_spark.loaders import SlateBatch, make_converter, quiet_petastorm_warnings, shard_batches
 from ulr_spark.models import MODEL_CLASSES, ModelSpec, build_model, examination_curve, weighted_click_loss
 
 
@@ -79,9 +79,7 @@ def train_worker(job: TrainJob, converter) -> str:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from ulr_spark.cli import quiet_library_warnings
-
-    quiet_library_warnings()
+    quiet_petastorm_warnings()
     dist.init_process_group("nccl" if job.use_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -102,7 +100,9 @@ def train_worker(job: TrainJob, converter) -> str:
     with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed) as batches:
         for epoch in range(job.epochs):
             epoch_start = time.time()
-            totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, slot impressions, slates
+            loss_total = torch.zeros((), dtype=torch.float64, device=device)
+            weight_total = torch.zeros((), dtype=torch.float64, device=device)
+            slates = 0
             ddp.train()
             for _ in range(job.steps_per_epoch):
                 batch: SlateBatch = next(batches)
@@ -111,8 +111,11 @@ def train_worker(job: TrainJob, converter) -> str:
                 optimizer.zero_grad(set_to_none=True)
                 (loss_sum / weight.clamp(min=1.0)).backward()
                 optimizer.step()
-                totals += torch.stack([loss_sum.detach().double(), weight.double(), torch.tensor(
-                    float(batch.positions.shape[0]), dtype=torch.float64, device=device)])
+                loss_total += loss_sum.detach()
+                weight_total += weight
+                slates += batch.positions.shape[0]
+            # One all-reduce per epoch for the log line, not one per step.
+            totals = torch.stack([loss_total, weight_total, torch.tensor(float(slates), dtype=torch.float64, device=device)])
             dist.all_reduce(totals)
             seconds = time.time() - epoch_start
             mean_loss = (totals[0] / totals[1]).item()
