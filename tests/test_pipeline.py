@@ -107,3 +107,24 @@ def test_another_run_does_not_touch_this_runs_rows(spark, pipeline_run):
     run_stage(config, spark, "score", "second-run")
     table = read_table(spark, config.tables.path("scores"))
     assert table.where(F.col(S.RUN_ID) == "second-run").count() == table.where(F.col(S.RUN_ID) == run_id).count()
+
+
+def test_scoring_the_pairs_of_the_log(spark, pipeline_run):
+    import dataclasses
+    import shutil
+
+    from ulr_spark.config import ScoreConfig
+
+    config, run_id = pipeline_run
+    models = config.tables.path("models")
+    shutil.copytree(os.path.join(models, run_id), os.path.join(models, "log-pairs-run"))
+    from_log = dataclasses.replace(config, score=ScoreConfig(source="impressions"))
+    run_stage(from_log, spark, "score", "log-pairs-run")
+    pairs = read_table(spark, config.tables.path("impressions")).select("query_id", "item_id").distinct().count()
+    scores = read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == "log-pairs-run")
+    assert scores.count() == 2 * pairs
+    # The same weights give the same score to a pair whichever table it came from.
+    this_run = read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == run_id)
+    joined = scores.alias("a").join(this_run.alias("b"), [S.QUERY_ID, S.ITEM_ID, S.MODEL])
+    assert joined.count() == 2 * pairs
+    assert joined.where(F.abs(F.col("a.score") - F.col("b.score")) > 1e-9).count() == 0

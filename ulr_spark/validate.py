@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from ulr_spark import schema as S
 from ulr_spark.config import LogColumns
 
 _INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
@@ -68,8 +69,6 @@ def _type_rule(field: T.StructField, column: str, cols: LogColumns) -> str | Non
 
 def context_key(cols: LogColumns):
     """A readable key of the context columns, e.g. ``device=mobile|layout=grid``."""
-    from ulr_spark import schema as S
-
     if not cols.context:
         return F.lit(S.DEFAULT_CONTEXT_KEY)
     parts = [F.concat(F.lit(f"{c}="), F.coalesce(F.col(c).cast("string"), F.lit("null"))) for c in cols.context]
@@ -161,7 +160,7 @@ def validate_log(log: DataFrame, cols: LogColumns) -> LogSummary:
     )
     if cols.context:
         violations.append(
-            Violation(",".join(cols.context), f"context must be the same for all rows of a request",
+            Violation(",".join(cols.context), "context must be the same for all rows of a request",
                       int(request_counts["multi_context"] or 0))
         )
 
