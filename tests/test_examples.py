@@ -26,6 +26,7 @@ def test_identical_slates_merge_into_weighted_rows(spark, tmp_path):
     summary = build_examples(config, spark, "test")
     assert (summary.log_rows, summary.requests, summary.examples) == (12, 4, 3)
     assert summary.rows_beyond_max_slate == 1
+    assert summary.compression == 4 / 3
     # (q1, a) and (q1, b) were shown in two slots; (q1, c), (q2, d), (q2, a), (q2, c) in one.
     assert summary.share_of_pairs_in_several_slots == 2 / 6
 

@@ -37,10 +37,7 @@ class ExamplesSummary:
     num_features: int
     contexts: int
     share_of_pairs_in_several_slots: float
-
-    @property
-    def compression(self) -> float:
-        return self.requests / self.examples if self.examples else 0.0
+    compression: float  # requests per example row, from merging identical slates
 
 
 def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, num_features: int) -> DataFrame:
@@ -147,4 +144,5 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         num_features=summary.num_features,
         contexts=contexts,
         share_of_pairs_in_several_slots=share,
+        compression=summary.requests / n_examples if n_examples else 0.0,
     )
