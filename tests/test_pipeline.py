@@ -1,6 +1,8 @@
 """End to end on real Spark, Delta, Petastorm and TorchDistributor (2 processes, gloo)."""
 
+import dataclasses
 import os
+import shutil
 
 import pytest
 from pyspark.sql import functions as F
@@ -8,6 +10,7 @@ from pyspark.sql import functions as F
 from tests.conftest import small_config
 from ulr_spark import schema as S
 from ulr_spark.artifacts import read_artifact, run_artifacts
+from ulr_spark.config import ScoreConfig
 from ulr_spark.delta_io import read_table
 from ulr_spark.evaluate import BIAS_ERROR
 from ulr_spark.pipeline import run_stage
@@ -98,26 +101,23 @@ def test_scoring_twice_replaces_the_run_rows(spark, pipeline_run):
     assert scores().groupBy(S.QUERY_ID, S.ITEM_ID, S.MODEL).count().where("count > 1").count() == 0
 
 
+def copy_run_artifacts(config, run_id, new_run_id):
+    """Another run with the same trained weights, without training again."""
+    models = config.tables.path("models")
+    shutil.copytree(os.path.join(models, run_id), os.path.join(models, new_run_id))
+
+
 def test_another_run_does_not_touch_this_runs_rows(spark, pipeline_run):
     config, run_id = pipeline_run
-    import shutil
-
-    models = config.tables.path("models")
-    shutil.copytree(os.path.join(models, run_id), os.path.join(models, "second-run"))
+    copy_run_artifacts(config, run_id, "second-run")
     run_stage(config, spark, "score", "second-run")
     table = read_table(spark, config.tables.path("scores"))
     assert table.where(F.col(S.RUN_ID) == "second-run").count() == table.where(F.col(S.RUN_ID) == run_id).count()
 
 
 def test_scoring_the_pairs_of_the_log(spark, pipeline_run):
-    import dataclasses
-    import shutil
-
-    from ulr_spark.config import ScoreConfig
-
     config, run_id = pipeline_run
-    models = config.tables.path("models")
-    shutil.copytree(os.path.join(models, run_id), os.path.join(models, "log-pairs-run"))
+    copy_run_artifacts(config, run_id, "log-pairs-run")
     from_log = dataclasses.replace(config, score=ScoreConfig(source="impressions"))
     run_stage(from_log, spark, "score", "log-pairs-run")
     pairs = read_table(spark, config.tables.path("impressions")).select("query_id", "item_id").distinct().count()
