@@ -65,3 +65,176 @@ def test_examination_curve_of_additive_model_with_flat_relevance():
     sigma = lambda v: 1 / (1 + math.exp(-v))
     expected = [sigma(o) / sigma(0.0) for o in offsets[1:]]
     assert torch.allclose(curve, torch.tensor(expected), atol=1e-6)
+
+
+# --- the model family ----------------------------------------------------------------------
+
+from ulr_spark.models import (  # noqa: E402
+    DotProductTwoTower,
+    MixEMTwoTower,
+    PageSample,
+    PALModel,
+    XPATwoTower,
+    build_model,
+)
+
+
+def family_spec(name, **options):
+    return ModelSpec(name=name, num_features=3, max_slate_size=4, num_contexts=2, hidden_sizes=[8], **options)
+
+
+def slate_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(5, 4, 3, generator=g)
+    positions = torch.tensor([[1, 2, 3, 4]] * 4 + [[1, 2, 0, 0]])
+    contexts = torch.tensor([0, 1, 0, 1, 0])
+    clicks = torch.randint(0, 3, (5, 4), generator=g).float()
+    impressions = torch.full((5,), 3.0)
+    return features, positions, contexts, clicks, impressions
+
+
+def test_mixem_with_one_component_equals_additive():
+    torch.manual_seed(0)
+    mixem = MixEMTwoTower(family_spec("mixem", mixem_components=1))
+    additive = AdditiveTwoTower(family_spec("additive"))
+    additive.relevance_tower.load_state_dict(mixem.relevance_tower.state_dict())
+    with torch.no_grad():
+        offsets = torch.randn_like(additive.bias_tower.table.weight)
+        additive.bias_tower.table.weight.copy_(offsets)
+        mixem.bias_tower.table.weight.copy_(offsets)
+    batch = slate_batch()
+    assert torch.allclose(mixem(*batch[:3]), additive(*batch[:3]), atol=1e-5)
+    mixem_loss, mixem_weight = mixem.loss(*batch)
+    additive_loss, additive_weight = additive.loss(*batch)
+    assert torch.allclose(mixem_loss, additive_loss, atol=1e-4)
+    assert mixem_weight == additive_weight
+
+
+def test_mixem_posterior_prefers_the_component_that_explains_the_list():
+    torch.manual_seed(0)
+    mixem = MixEMTwoTower(family_spec("mixem", mixem_components=2))
+    with torch.no_grad():
+        for module in mixem.relevance_tower.mlp:
+            if isinstance(module, torch.nn.Linear):
+                module.weight.zero_()
+                module.bias.zero_()
+        # Component 0 clicks slot 1 a lot, component 1 hardly ever clicks.
+        table = torch.full_like(mixem.bias_tower.table.weight, -4.0)
+        table[1, 0] = 3.0
+        mixem.bias_tower.table.weight.copy_(table)
+    features = torch.zeros(2, 4, 3)
+    positions = torch.tensor([[1, 2, 3, 4]] * 2)
+    clicks = torch.tensor([[1.0, 0, 0, 0], [0.0, 0, 0, 0]])
+    relevance, bias = mixem.towers(features, positions, torch.zeros(2, dtype=torch.long))
+    nll = mixem.component_nll(mixem.combine(relevance, bias), clicks, torch.ones(2), positions)
+    posterior = torch.softmax(-nll, -1)
+    assert posterior[0, 0] > 0.9 and posterior[1, 1] > 0.9
+
+
+def test_dot_product_with_one_dimension_and_fixed_bias_is_a_scaled_product():
+    torch.manual_seed(0)
+    model = DotProductTwoTower(family_spec("dot_product", dot_product_dim=1))
+    scale = torch.tensor([0.0, 2.0, 1.0, 0.5, 0.25] * 2).unsqueeze(-1)  # (context, slot) -> b
+    with torch.no_grad():
+        model.bias_tower.table.weight.copy_(scale)
+    features, positions, contexts, _, _ = slate_batch()
+    r = model.relevance_tower(features).squeeze(-1)
+    b = scale.squeeze(-1)[contexts.unsqueeze(-1) * 5 + positions]
+    assert torch.allclose(model(features, positions, contexts), r * b, atol=1e-6)
+    # Serving: the logit in slot 1 of context 0, i.e. r scaled by b(1).
+    assert torch.allclose(model.relevance(features), 2.0 * r, atol=1e-6)
+
+
+def test_pal_click_probability_is_a_product_of_probabilities():
+    torch.manual_seed(0)
+    model = PALModel(family_spec("pal"))
+    with torch.no_grad():
+        model.bias_tower.table.weight.copy_(torch.linspace(-2, 2, 10).unsqueeze(-1))
+    features, positions, contexts, _, _ = slate_batch()
+    p = torch.sigmoid(model(features, positions, contexts))
+    expected = torch.sigmoid(model.relevance(features)) * torch.sigmoid(model.bias_tower(positions, contexts))
+    assert torch.allclose(p, expected, atol=1e-5)
+
+
+def _randomise(model):
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn_like(parameter))
+    return model
+
+
+def test_xpa_bias_of_a_slot_depends_on_the_other_items_not_its_own():
+    torch.manual_seed(0)
+    model = _randomise(XPATwoTower(family_spec("xpa"))).eval()
+    features, positions, contexts, _, _ = slate_batch()
+    relevance, bias = model.towers(features, positions, contexts)
+    changed = features.clone()
+    changed[:, 1] += 3.0  # a new item in slot 2
+    _, bias_changed = model.towers(changed, positions, contexts)
+    assert torch.allclose(bias[:, 1], bias_changed[:, 1], atol=1e-5), "own item must not move its own bias"
+    assert not torch.allclose(bias[:4, 0], bias_changed[:4, 0], atol=1e-3), "a neighbour must move the bias"
+    assert torch.isfinite(bias).all()
+    # A page with a single item has no one to attend to; its bias is the plain slot offset.
+    lone = model.towers(features[:1, :1], positions[:1, :1], contexts[:1])[1]
+    assert torch.isfinite(lone).all()
+
+
+def test_xpa_on_a_grid_tells_left_from_above():
+    torch.manual_seed(0)
+    model = _randomise(XPATwoTower(ModelSpec("xpa", 3, 4, 1, [8], grid_columns=2))).eval()
+    tower = model.bias_tower
+    # Slots 1 2 / 3 4: slot 2 is right of slot 1, slot 3 is below it.
+    embeddings = tower.slot_embeddings(torch.tensor([[1, 2, 3, 4]]))[0]
+    assert torch.allclose(embeddings[0] - embeddings[1], embeddings[2] - embeddings[3], atol=1e-6)
+    assert torch.allclose(embeddings[0] - embeddings[2], embeddings[1] - embeddings[3], atol=1e-6)
+    assert not torch.allclose(embeddings[1], embeddings[2])
+
+
+def test_xpa_curve_averages_over_pages_and_is_one_at_slot_one():
+    torch.manual_seed(0)
+    model = XPATwoTower(family_spec("xpa"))
+    features, positions, contexts, _, _ = slate_batch()
+    curve = model.examination_curve(PageSample(features, positions, contexts), context_id=0)
+    assert curve.shape == (4,)
+    assert abs(curve[0].item() - 1.0) < 1e-5
+
+
+def test_bias_dropout_only_while_training():
+    torch.manual_seed(0)
+    model = AdditiveTwoTower(family_spec("additive", bias_dropout=0.5))
+    with torch.no_grad():
+        model.bias_tower.table.weight.fill_(1.0)
+    features, positions, contexts, _, _ = slate_batch()
+    model.eval()
+    assert torch.allclose(model(features, positions, contexts) - model.relevance(features), torch.ones(5, 4))
+    model.train()
+    offsets = model(features, positions, contexts) - model.relevance(features)
+    assert (offsets.abs() < 1e-6).any() and (offsets > 1.5).any()
+
+
+def test_gradient_reversal_flips_the_adversary_gradient_into_the_relevance_tower():
+    torch.manual_seed(0)
+    reversed_model = AdditiveTwoTower(family_spec("additive", gradient_reversal=0.5))
+    features, positions, contexts, clicks, impressions = slate_batch()
+    relevance, bias = reversed_model.towers(features, positions, contexts)
+    reversed_model.adversary_loss(relevance, bias, impressions, positions).backward()
+    reversed_grad = reversed_model.relevance_tower.mlp[0].weight.grad.clone()
+
+    reversed_model.zero_grad()
+    relevance, bias = reversed_model.towers(features, positions, contexts)
+    guess = reversed_model.adversary(relevance.unsqueeze(-1)).squeeze(-1)
+    plain = ((guess - bias.detach()) ** 2 * impressions.unsqueeze(-1) * (positions > 0)).sum()
+    plain.backward()
+    plain_grad = reversed_model.relevance_tower.mlp[0].weight.grad
+    assert torch.allclose(reversed_grad, -0.5 * plain_grad, atol=1e-6)
+
+
+def test_every_architecture_trains_a_step_and_serves_one_score_per_item():
+    for architecture in ("naive", "additive", "pal", "dot_product", "mixem", "xpa"):
+        torch.manual_seed(0)
+        model = build_model(family_spec(architecture, bias_dropout=0.1, gradient_reversal=0.1))
+        batch = slate_batch()
+        loss, weight = model.loss(*batch)
+        loss.backward()
+        assert torch.isfinite(loss) and weight.item() == 3 * (4 * 4 + 2)
+        assert model.relevance(batch[0]).shape == (5, 4), architecture

@@ -60,7 +60,7 @@ def save_artifact(path: str, model: ClickModel, card: dict) -> None:
 def read_artifact(path: str) -> Artifact:
     with open(os.path.join(path, CARD)) as handle:
         card = json.load(handle)
-    return Artifact(path=path, spec=ModelSpec(**card["spec"]), card=card)
+    return Artifact(path=path, spec=ModelSpec.from_dict(card["spec"]), card=card)
 
 
 def load_model(artifact: Artifact, device: torch.device | str = "cpu") -> ClickModel:

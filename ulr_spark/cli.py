@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Optional
 
@@ -18,6 +19,8 @@ DESCRIPTIONS = {
     "score": "Score (query, item) pairs with the relevance towers of a run.",
     "evaluate": "NDCG and bias-curve error of a run against the simulated truth.",
     "run": "All stages in order: simulate, build-examples, train, score, evaluate.",
+    "compare": "Every model on every scenario over several seeds, with boosted-tree baselines; "
+    "writes the comparison table, a Markdown report and a plot.",
 }
 
 EXAMPLES = {
@@ -27,13 +30,14 @@ EXAMPLES = {
     "score": "ulr-spark score --config conf/demo.yaml --run-id try1",
     "evaluate": "ulr-spark evaluate --config conf/demo.yaml   # newest run",
     "run": "ulr-spark run --config conf/demo.yaml",
+    "compare": "ulr-spark compare --config conf/compare.yaml --set 'compare.seeds=[1]'",
 }
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ulr-spark", description="Remove position bias from click logs.")
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage in list(STAGES) + ["run"]:
+    for stage in list(STAGES) + ["run", "compare"]:
         sub = subs.add_parser(
             stage,
             help=DESCRIPTIONS[stage],
@@ -48,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--run-id",
-            help="run to write or read; train and run start a new one by default, score and evaluate use the newest",
+            help="run to write or read; train, run and compare start a new one by default, score and "
+            "evaluate use the newest",
         )
     return top
 
@@ -70,6 +75,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.stage == "run":
             run_all(config, spark, args.run_id)
+        elif args.stage == "compare":
+            from ulr_spark.artifacts import new_run_id
+            from ulr_spark.compare import compare
+
+            command = "ulr-spark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+            compare(config, spark, args.run_id or new_run_id(), command)
         else:
             run_stage(config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id))
     except (InvalidLogError, FileNotFoundError, ValueError) as error:

@@ -54,6 +54,7 @@ class TablesConfig:
     bias_curves: str = "bias_curves"
     scores: str = "scores"
     metrics: str = "metrics"
+    comparison: str = "comparison"
     models: str = "models"
     petastorm_cache: str = "petastorm_cache"
 
@@ -100,8 +101,29 @@ class LoggingRankerConfig:
 
 
 @dataclass(frozen=True)
+class LetorConfig:
+    """A LETOR/svmlight ranking dataset to draw the truth and the features from."""
+
+    train_path: str = ""
+    # Queries of this file are held out (never logged); without it, heldout_fraction decides.
+    test_path: str = ""
+    # Query sizes come from `qid:` in the lines or, when the lines have none, from a
+    # LightGBM-style "<file>.query" file next to the data.
+
+    def validate(self, at: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
 class SimulateConfig:
+    # pbm: one examination curve. mixture: a share of requests come from people who click the
+    # top slots whatever they show. context: the examination of a slot drops next to a very
+    # attractive item (list neighbours, or left/right/above/below on a grid). confounded: pbm
+    # clicks under a strong logging ranker (set in logging_ranker).
     scenario: str = "pbm"
+    # synthetic: features and labels from a hidden function; letor: from the `letor` files.
+    source: str = "synthetic"
+    letor: LetorConfig = field(default_factory=LetorConfig)
     seed: int = 7
     num_queries: int = 2000
     heldout_fraction: float = 0.2
@@ -121,11 +143,28 @@ class SimulateConfig:
     start_date: str = "2026-01-01"
     days: int = 7  # requests are spread over this many event_date partitions
     partitions: int = 8
+    # mixture: share of requests from top clickers, and their click probability on slots 1..n
+    # (0 below), whatever the item.
+    mixture_share: float = 0.3
+    mixture_top_clicks: list[float] = field(default_factory=lambda: [0.7, 0.3, 0.1])
+    # context: examination is multiplied by 1 - neighbour_effect * (largest attraction among
+    # the slot's neighbours).
+    neighbour_effect: float = 0.6
 
-    SCENARIOS = ("pbm",)
+    SCENARIOS = ("pbm", "mixture", "context", "confounded")
+    SOURCES = ("synthetic", "letor")
 
     def validate(self, at: str) -> None:
         _check(self.scenario in self.SCENARIOS, f"{at}.scenario", f"must be one of {list(self.SCENARIOS)}")
+        _check(self.source in self.SOURCES, f"{at}.source", f"must be one of {list(self.SOURCES)}")
+        _check(
+            self.source != "letor" or bool(self.letor.train_path),
+            f"{at}.letor.train_path",
+            "is required when source is 'letor'",
+        )
+        _check(0 <= self.mixture_share <= 1, f"{at}.mixture_share", "must be in [0, 1]")
+        _check(all(0 <= v <= 1 for v in self.mixture_top_clicks), f"{at}.mixture_top_clicks", "values must be in [0, 1]")
+        _check(0 <= self.neighbour_effect <= 1, f"{at}.neighbour_effect", "must be in [0, 1]")
         _check(self.num_queries >= 2, f"{at}.num_queries", "must be >= 2")
         _check(0 < self.heldout_fraction < 1, f"{at}.heldout_fraction", "must be in (0, 1)")
         _check(self.slate_size >= 1, f"{at}.slate_size", "must be >= 1")
@@ -162,15 +201,55 @@ class SimulateConfig:
 class ExamplesConfig:
     max_slate_size: int = 10  # slots beyond this are not used (top-k shown)
     partitions: int = 8  # files of the examples table; at least the number of training processes
+    # Page layout: 0 for a list; n > 0 for a grid n columns wide whose positions run in
+    # row-major reading order (position p is row (p-1)//n + 1, column (p-1)%n + 1).
+    grid_columns: int = 0
 
     def validate(self, at: str) -> None:
         _check(self.max_slate_size >= 1, f"{at}.max_slate_size", "must be >= 1")
+        _check(self.grid_columns >= 0, f"{at}.grid_columns", "must be >= 0")
         _check(self.partitions >= 1, f"{at}.partitions", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Settings of the model family (DESIGN section 3); each variant may change them."""
+
+    bias_dropout: float = 0.0  # dropout on the bias tower's output while training
+    gradient_reversal: float = 0.0  # lambda of the adversary's reversed gradient; 0 = off
+    dot_product_dim: int = 4
+    mixem_components: int = 2
+    mixem_skip_unclicked: bool = False
+    attention_dim: int = 16
+
+    def validate(self, at: str) -> None:
+        _check(0 <= self.bias_dropout < 1, f"{at}.bias_dropout", "must be in [0, 1)")
+        _check(self.gradient_reversal >= 0, f"{at}.gradient_reversal", "must be >= 0")
+        _check(self.dot_product_dim >= 1, f"{at}.dot_product_dim", "must be >= 1")
+        _check(self.mixem_components >= 1, f"{at}.mixem_components", "must be >= 1")
+        _check(self.attention_dim >= 1, f"{at}.attention_dim", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """A named model: an architecture with some options changed, e.g.
+    ``{name: additive_dropout, model: additive, options: {bias_dropout: 0.3}}``."""
+
+    name: str = ""
+    model: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, at: str) -> None:
+        _check(bool(self.name), f"{at}.name", "is required")
+        _check(self.model in TrainConfig.ARCHITECTURES, f"{at}.model", f"must be one of {list(TrainConfig.ARCHITECTURES)}")
+        _build(ModelOptions, dict(self.options), f"{at}.options")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     models: list[str] = field(default_factory=lambda: ["naive", "additive"])
+    model_options: ModelOptions = field(default_factory=ModelOptions)
+    variants: list[ModelVariant] = field(default_factory=list)
     num_processes: int = 2
     use_gpu: bool = False
     epochs: int = 15
@@ -182,12 +261,25 @@ class TrainConfig:
     # Slates drawn from the examples to estimate the learned examination curve.
     bias_curve_sample: int = 20_000
 
-    MODELS = ("naive", "additive")
+    ARCHITECTURES = ("naive", "additive", "pal", "dot_product", "mixem", "xpa")
+
+    def variant(self, name: str) -> tuple[str, ModelOptions]:
+        """(architecture, options) of a configured model name."""
+        for v in self.variants:
+            if v.name == name:
+                merged = {**dataclasses.asdict(self.model_options), **v.options}
+                return v.model, _build(ModelOptions, merged, f"train.variants[{v.name}].options")
+        return name, self.model_options
 
     def validate(self, at: str) -> None:
         _check(len(self.models) >= 1, f"{at}.models", "must name at least one model")
+        variant_names = [v.name for v in self.variants]
+        _check(len(set(variant_names)) == len(variant_names), f"{at}.variants", "names must be distinct")
+        for name in variant_names:
+            _check(name not in self.ARCHITECTURES, f"{at}.variants", f"{name!r} is an architecture; pick another name")
+        known = list(self.ARCHITECTURES) + variant_names
         for name in self.models:
-            _check(name in self.MODELS, f"{at}.models", f"unknown model {name!r}; known: {list(self.MODELS)}")
+            _check(name in known, f"{at}.models", f"unknown model {name!r}; known: {known}")
         _check(len(set(self.models)) == len(self.models), f"{at}.models", "must not repeat a model")
         _check(self.num_processes >= 1, f"{at}.num_processes", "must be >= 1")
         _check(self.epochs >= 1, f"{at}.epochs", "must be >= 1")
@@ -225,6 +317,53 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class CompareScenario:
+    """One scenario of a comparison: a runnable config file, and settings merged over it."""
+
+    name: str = ""
+    config: str = ""  # YAML path, relative to the working directory
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, at: str) -> None:
+        _check(bool(self.name), f"{at}.name", "is required")
+        _check(bool(self.config), f"{at}.config", "is required")
+
+
+@dataclass(frozen=True)
+class CompareClaim:
+    """An expected result, checked in the report: ``model`` beats ``beats`` on ``metric`` in
+    ``scenario`` by more than the spread over seeds (for bias_curve_error: lower is better)."""
+
+    scenario: str = ""
+    model: str = ""
+    beats: str = ""
+    metric: str = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    scenarios: list[CompareScenario] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    baselines: list[str] = field(default_factory=lambda: ["lightgbm", "xgboost"])
+    baseline_rounds: int = 200
+    baseline_max_rows: int = 5_000_000  # the boosted trees train on the driver
+    claims: list[CompareClaim] = field(default_factory=list)
+    report: str = "docs/comparison.md"
+    plot: str = "docs/comparison_curves.png"
+
+    def validate(self, at: str) -> None:
+        names = [s.name for s in self.scenarios]
+        _check(len(set(names)) == len(names), f"{at}.scenarios", "names must be distinct")
+        _check(len(self.seeds) >= 1, f"{at}.seeds", "needs at least one seed")
+        _check(len(set(self.seeds)) == len(self.seeds), f"{at}.seeds", "must not repeat a seed")
+        for name in self.baselines:
+            _check(name in ("lightgbm", "xgboost"), f"{at}.baselines", f"unknown baseline {name!r}; known: ['lightgbm', 'xgboost']")
+        _check(self.baseline_rounds >= 1, f"{at}.baseline_rounds", "must be >= 1")
+        for claim in self.claims:
+            _check(claim.scenario in names, f"{at}.claims", f"scenario {claim.scenario!r} is not one of {names}")
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
@@ -234,6 +373,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def validate(self, at: str = "") -> None:
         _check(
@@ -277,6 +417,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
+        if args and args[1] is Any:
+            return {str(k): v for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
     if annotation is bool:
         if not isinstance(value, bool):

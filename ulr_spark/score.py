@@ -44,7 +44,7 @@ def _models_from_broadcast(broadcast) -> list:
         torch.set_num_threads(1)
         models = []
         for spec_dict, blob in payload:
-            model = build_model(ModelSpec(**spec_dict))
+            model = build_model(ModelSpec.from_dict(spec_dict))
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)["state_dict"]
             model.load_state_dict(state)
             models.append(model.eval())

@@ -28,7 +28,8 @@ from pyspark.sql.window import Window
 
 from ulr_spark import schema as S
 from ulr_spark.config import Config, LogColumns, SimulateConfig
-from ulr_spark.delta_io import overwrite_table
+from ulr_spark.delta_io import overwrite_table, read_table
+from ulr_spark.letor import read_letor
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,52 @@ def attraction(labels: np.ndarray, eps: float) -> np.ndarray:
 
 
 def examination_curve(cfg: SimulateConfig) -> np.ndarray:
+    """theta_k ** eta for slots 1..slate_size."""
     return np.power(np.asarray(cfg.examination[: cfg.slate_size], dtype=np.float64), cfg.eta)
 
 
-def draw_catalogue(cfg: SimulateConfig) -> SimulatedTruth:
-    """Queries, candidates, features and labels; deterministic for a seed."""
+def _labels_from_relevance(relevance: np.ndarray, shares: list[float]) -> np.ndarray:
+    cut_points = np.quantile(relevance, np.cumsum(shares)[:-1])
+    return np.searchsorted(cut_points, relevance, side="right").astype(np.int32)
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean()) / max(float(values.std()), 1e-12)
+
+
+def _catalogue_frame(
+    query_index: np.ndarray, features: np.ndarray, labels: np.ndarray, heldout_queries: np.ndarray,
+    relevance: np.ndarray, distractor: np.ndarray, prefix: str = "q",
+) -> pd.DataFrame:
+    """One row per (query, candidate item); ``query_index`` is contiguous per query."""
+    within = np.zeros(len(query_index), dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(query_index)) + 1]
+    for begin, end in zip(starts, np.r_[starts[1:], len(query_index)]):
+        within[begin:end] = np.arange(end - begin)
+    query_ids = np.array([f"{prefix}{i:07d}" for i in query_index])
+    return pd.DataFrame(
+        {
+            S.QUERY_ID: query_ids,
+            S.ITEM_ID: [f"{q}-i{j:03d}" for q, j in zip(query_ids, within)],
+            "query_index": query_index,
+            S.FEATURES: list(features.astype(np.float32)),
+            S.LABEL: labels.astype(np.int32),
+            S.SPLIT: np.where(heldout_queries[query_index], S.SPLIT_HELDOUT, S.SPLIT_TRAIN),
+            "relevance": relevance.astype(np.float64),
+            "distractor": distractor.astype(np.float64),
+        }
+    )
+
+
+def _heldout(rng: np.random.Generator, num_queries: int, fraction: float) -> np.ndarray:
+    order = rng.permutation(num_queries)
+    heldout = np.zeros(num_queries, dtype=bool)
+    heldout[order[: max(1, int(round(num_queries * fraction)))]] = True
+    return heldout
+
+
+def draw_synthetic_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
+    """Queries, candidates, features and labels from a hidden function; deterministic for a seed."""
     rng = np.random.default_rng(cfg.seed)
     q, c, d = cfg.num_queries, cfg.candidates_per_query, cfg.num_features
     x = rng.normal(size=(q, c, d)).astype(np.float32)
@@ -58,35 +100,62 @@ def draw_catalogue(cfg: SimulateConfig) -> SimulatedTruth:
     # (it moves whole queries up or down, which per-query NDCG ignores).
     w_lin, w_a, w_b = (rng.normal(size=d) / np.sqrt(d) for _ in range(3))
     relevance = x @ w_lin + 0.7 * np.tanh(x @ w_a) * (x @ w_b) + rng.normal(scale=0.3, size=(q, 1))
-    relevance = (relevance - relevance.mean()) / relevance.std()
+    relevance = _standardise(relevance)
 
     # The distractor direction is made orthogonal to the linear part of relevance.
     w_u = rng.normal(size=d)
     w_u -= w_u @ w_lin / (w_lin @ w_lin) * w_lin
-    distractor = x @ w_u
-    distractor = (distractor - distractor.mean()) / distractor.std()
+    distractor = _standardise(x @ w_u)
 
-    cut_points = np.quantile(relevance, np.cumsum(cfg.label_shares)[:-1])
-    labels = np.searchsorted(cut_points, relevance, side="right").astype(np.int32)
-
-    order = rng.permutation(q)
-    n_heldout = max(1, int(round(q * cfg.heldout_fraction)))
-    heldout = np.zeros(q, dtype=bool)
-    heldout[order[:n_heldout]] = True
-
-    query_ids = np.array([f"q{i:07d}" for i in range(q)])
-    catalogue = pd.DataFrame(
-        {
-            S.QUERY_ID: np.repeat(query_ids, c),
-            S.ITEM_ID: [f"{qid}-i{j:03d}" for qid in query_ids for j in range(c)],
-            "query_index": np.repeat(np.arange(q), c),
-            S.FEATURES: list(x.reshape(q * c, d)),
-            S.LABEL: labels.reshape(-1),
-            S.SPLIT: np.where(np.repeat(heldout, c), S.SPLIT_HELDOUT, S.SPLIT_TRAIN),
-            "relevance": relevance.reshape(-1).astype(np.float64),
-            "distractor": distractor.reshape(-1).astype(np.float64),
-        }
+    labels = _labels_from_relevance(relevance, cfg.label_shares)
+    heldout = _heldout(rng, q, cfg.heldout_fraction)
+    return _catalogue_frame(
+        np.repeat(np.arange(q), c), x.reshape(q * c, d), labels.reshape(-1), heldout,
+        relevance.reshape(-1), distractor.reshape(-1),
     )
+
+
+# A ranker that knows the labels only roughly: its item-level error persists across requests.
+LETOR_RANKER_ERROR = 0.5
+
+
+def draw_letor_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
+    """Truth and features from LETOR files (DESIGN section 4): labels as given; the logging
+    ranker sees the label with a fixed per-item error, plus a random feature direction as the
+    distractor."""
+    rng = np.random.default_rng(cfg.seed)
+    train = read_letor(cfg.letor.train_path)
+    parts = [(train, False)]
+    if cfg.letor.test_path:
+        test = read_letor(cfg.letor.test_path)
+        width = max(train.features.shape[1], test.features.shape[1])
+        train, test = read_letor(cfg.letor.train_path, width), read_letor(cfg.letor.test_path, width)
+        parts = [(train, False), (test, True)]
+    query_index, features, labels, heldout_flags = [], [], [], []
+    offset = 0
+    for data, is_test in parts:
+        _, dense = np.unique(data.query_ids, return_inverse=True)
+        # Keep file order of queries: rank queries by first appearance.
+        first_seen = {}
+        order = np.array([first_seen.setdefault(q, len(first_seen)) for q in dense])
+        query_index.append(order + offset)
+        heldout_flags += [is_test] * len(first_seen)
+        offset += len(first_seen)
+        features.append(data.features)
+        labels.append(data.labels)
+    query_index = np.concatenate(query_index)
+    heldout = np.asarray(heldout_flags) if cfg.letor.test_path else _heldout(rng, offset, cfg.heldout_fraction)
+    x = np.concatenate(features)
+    y = np.concatenate(labels)
+    relevance = _standardise(y + LETOR_RANKER_ERROR * rng.normal(size=len(y)))
+    distractor = _standardise(x @ rng.normal(size=x.shape[1]))
+    sort = np.argsort(query_index, kind="stable")
+    return _catalogue_frame(query_index[sort], x[sort], y[sort], heldout, relevance[sort], distractor[sort])
+
+
+def draw_catalogue(cfg: SimulateConfig) -> SimulatedTruth:
+    """The catalogue of the configured source and the examination curve of the PBM part."""
+    catalogue = draw_letor_catalogue(cfg) if cfg.source == "letor" else draw_synthetic_catalogue(cfg)
     return SimulatedTruth(catalogue=catalogue, examination=examination_curve(cfg))
 
 
@@ -110,8 +179,33 @@ def hashed_normal(*columns: F.Column, salt: int) -> F.Column:
     return F.sqrt(-2.0 * F.log(u1)) * F.cos(2.0 * np.pi * u2)
 
 
-def impression_log(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTruth, cols: LogColumns) -> DataFrame:
-    """The simulated log as a lazy Spark DataFrame (DESIGN section 2 contract)."""
+def _neighbour_attraction(grid_columns: int) -> F.Column:
+    """The largest attraction among the slot's neighbours on the page (0 when it has none):
+    the slots just before and after it in a list; left, right, above and below on a grid."""
+    in_request = Window.partitionBy("request_index").orderBy("slot")
+    a = F.col("attraction")
+    if grid_columns <= 0:
+        neighbours = [F.lag(a, 1).over(in_request), F.lead(a, 1).over(in_request)]
+    else:
+        column = F.pmod(F.col("slot") - 1, F.lit(grid_columns)) + 1
+        neighbours = [
+            F.when(column > 1, F.lag(a, 1).over(in_request)),
+            F.when(column < grid_columns, F.lead(a, 1).over(in_request)),
+            F.lag(a, grid_columns).over(in_request),
+            F.lead(a, grid_columns).over(in_request),
+        ]
+    return F.greatest(*[F.coalesce(n, F.lit(0.0)) for n in neighbours])
+
+
+def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> DataFrame:
+    """Every shown item with its slot, true examination and click probability (lazy).
+
+    - pbm, confounded: P(click) = theta_k * P(attracted | y).
+    - context: theta_k * (1 - neighbour_effect * max neighbour attraction) * P(attracted | y).
+    - mixture: as pbm, except that a ``mixture_share`` of requests click slot k with
+      probability ``mixture_top_clicks[k]`` whatever they show.
+    """
+    cfg = config.simulate
     catalogue = truth.catalogue
     train = catalogue[catalogue[S.SPLIT] == S.SPLIT_TRAIN].copy()
     train_queries = np.sort(train["query_index"].unique())
@@ -145,17 +239,57 @@ def impression_log(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTru
         )
         .where(F.col("slot") <= cfg.slate_size)
     )
-    p_click = F.element_at(exam, F.col("slot")) * F.col("attraction")
+    examination = F.element_at(exam, F.col("slot"))
+    if cfg.scenario == "context":
+        examination = examination * (1.0 - cfg.neighbour_effect * _neighbour_attraction(config.examples.grid_columns))
+    shown = shown.withColumn("examination", examination)
+    p_click = F.col("examination") * F.col("attraction")
+    if cfg.scenario == "mixture":
+        top = cfg.mixture_top_clicks + [0.0] * max(0, cfg.slate_size - len(cfg.mixture_top_clicks))
+        top_clicks = F.array(*[F.lit(float(v)) for v in top])
+        top_clicker = hashed_uniform(F.col("request_index"), salt=cfg.seed + 5) < cfg.mixture_share
+        p_click = F.when(top_clicker, F.element_at(top_clicks, F.col("slot"))).otherwise(p_click)
+    return shown.withColumn("p_click", p_click)
+
+
+def impression_log(shown: DataFrame, cfg: SimulateConfig, cols: LogColumns) -> DataFrame:
+    """The log contract (DESIGN section 2) of :func:`shown_items`, with clicks drawn."""
     return shown.select(
         F.format_string("r%010d", F.col("request_index")).alias(cols.request_id),
         F.col(S.QUERY_ID).alias(cols.query_id),
         F.col(S.ITEM_ID).alias(cols.item_id),
         F.col("slot").cast("int").alias(cols.position),
-        (hashed_uniform(F.col("request_index"), F.col(S.ITEM_ID), salt=cfg.seed + 2) < p_click)
+        (hashed_uniform(F.col("request_index"), F.col(S.ITEM_ID), salt=cfg.seed + 2) < F.col("p_click"))
         .cast("int")
         .alias(cols.clicked),
         F.col(S.FEATURES).cast(T.ArrayType(T.FloatType())).alias(cols.features),
         F.col("event_date"),
+    )
+
+
+def true_examination(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTruth, shown: DataFrame) -> DataFrame:
+    """The truth a learned curve is compared with, relative to slot 1.
+
+    pbm, confounded and mixture: the curve theta of the people who examine by position (the
+    top clickers of ``mixture`` have no examination curve). context: the examination of each
+    slot averaged over the logged pages, which is what a model that averages over pages
+    (XPA) or ignores the neighbours (the others) can recover.
+    """
+    if cfg.scenario == "context":
+        curve = shown.groupBy(F.col("slot").alias("position")).agg(F.avg("examination").alias("e")).toPandas()
+        curve = curve.sort_values("position")
+        positions, absolute = curve["position"].to_numpy(np.int32), curve["e"].to_numpy(np.float64)
+    else:
+        positions, absolute = np.arange(1, cfg.slate_size + 1, dtype=np.int32), truth.examination
+    return spark.createDataFrame(
+        pd.DataFrame(
+            {
+                S.CONTEXT_KEY: S.DEFAULT_CONTEXT_KEY,
+                S.POSITION: positions,
+                S.EXAMINATION: absolute / absolute[0],
+                "examination_absolute": absolute,
+            }
+        )
     )
 
 
@@ -164,7 +298,7 @@ def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]
     cfg, tables = config.simulate, config.tables
     if config.columns.context:
         raise ValueError(
-            "simulate: scenario 'pbm' writes no context columns, but columns.context is "
+            "simulate: simulated logs have no context columns, but columns.context is "
             f"{config.columns.context}; set columns.context: [] for simulated logs"
         )
     truth = draw_catalogue(cfg)
@@ -173,23 +307,14 @@ def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]
         S.FEATURES, F.col(S.FEATURES).cast(T.ArrayType(T.FloatType()))
     )
     labels = spark.createDataFrame(catalogue[[S.QUERY_ID, S.ITEM_ID, S.LABEL, S.SPLIT]])
-    examination = spark.createDataFrame(
-        pd.DataFrame(
-            {
-                S.CONTEXT_KEY: S.DEFAULT_CONTEXT_KEY,
-                S.POSITION: np.arange(1, cfg.slate_size + 1, dtype=np.int32),
-                S.EXAMINATION: truth.examination / truth.examination[0],
-                "examination_absolute": truth.examination,
-            }
-        )
-    )
     overwrite_table(candidates.coalesce(1), tables.path("candidates"), run_id)
     overwrite_table(labels.coalesce(1), tables.path("truth_labels"), run_id)
-    overwrite_table(examination.coalesce(1), tables.path("truth_examination"), run_id)
-    log = impression_log(spark, cfg, truth, config.columns)
+    shown = shown_items(spark, config, truth)
+    overwrite_table(true_examination(spark, cfg, truth, shown).coalesce(1), tables.path("truth_examination"), run_id)
+    log = impression_log(shown, cfg, config.columns)
     overwrite_table(log, tables.path("impressions"), run_id, partition_by=["event_date"])
     return {
-        "impressions": cfg.num_requests * cfg.slate_size,
+        "impressions": read_table(spark, tables.path("impressions")).count(),
         "candidates": len(catalogue),
-        "queries": cfg.num_queries,
+        "queries": int(catalogue[S.QUERY_ID].nunique()),
     }

@@ -7,6 +7,7 @@ return nothing the driver relies on: the artifact path is decided before the job
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -24,7 +25,7 @@ from ulr_spark.artifacts import artifact_dir, load_model, read_artifact, save_ar
 from ulr_spark.config import Config
 from ulr_spark.delta_io import read_table, replace_rows, sql_string
 from ulr_spark.loaders import SlateBatch, make_converter, quiet_petastorm_warnings, shard_batches
-from ulr_spark.models import MODEL_CLASSES, ModelSpec, build_model, examination_curve, weighted_click_loss
+from ulr_spark.models import MODEL_CLASSES, ModelSpec, PageSample, TrainingObjective, build_model
 
 
 @dataclass(frozen=True)
@@ -74,25 +75,14 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def train_worker(job: TrainJob, converter) -> str:
-    """Body of one DDP process (run by TorchDistributor through torchrun)."""
+def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.device) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    quiet_petastorm_warnings()
-    dist.init_process_group("nccl" if job.use_gpu else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    device = _device(job.use_gpu)
-    if job.use_gpu:
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     torch.manual_seed(job.seed)
-
     model = build_model(job.spec).to(device)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if job.use_gpu else None)
-    optimizer = torch.optim.Adam(ddp.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
+    objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
+    optimizer = torch.optim.Adam(objective.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
     k = job.spec.max_slate_size
 
     started = time.time()
@@ -103,11 +93,12 @@ def train_worker(job: TrainJob, converter) -> str:
             loss_total = torch.zeros((), dtype=torch.float64, device=device)
             weight_total = torch.zeros((), dtype=torch.float64, device=device)
             slates = 0
-            ddp.train()
+            objective.train()
             for _ in range(job.steps_per_epoch):
                 batch: SlateBatch = next(batches)
-                logits = ddp(batch.features, batch.positions, batch.context_ids)
-                loss_sum, weight = weighted_click_loss(logits, batch.clicks, batch.impressions, batch.positions)
+                loss_sum, weight = objective(
+                    batch.features, batch.positions, batch.context_ids, batch.clicks, batch.impressions
+                )
                 optimizer.zero_grad(set_to_none=True)
                 (loss_sum / weight.clamp(min=1.0)).backward()
                 optimizer.step()
@@ -132,47 +123,86 @@ def train_worker(job: TrainJob, converter) -> str:
         card = {**job.card, "loss_history": history, "world_size": world, "train_seconds": time.time() - started}
         save_artifact(job.artifact_path, model, card)
     dist.barrier()
-    dist.destroy_process_group()
-    return job.artifact_path
 
 
-def _run_distributed(spark: SparkSession, config: Config, job: TrainJob, converter) -> None:
+def train_worker(jobs: list[TrainJob], converter) -> None:
+    """Body of one DDP process (run by TorchDistributor through torchrun): trains the models
+    one after the other in one process group, so the start-up is paid once per run."""
+    import torch.distributed as dist
+
+    quiet_petastorm_warnings()
+    use_gpu = jobs[0].use_gpu
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device = _device(use_gpu)
+    if use_gpu:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    try:
+        for job in jobs:
+            _train_one(job, converter, rank, world, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], converter) -> None:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     tc = config.train
     # The session's master decides, not the config: spark-submit may have chosen another.
     local = spark.sparkContext.master.startswith("local")
     TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(
-        train_worker, job, converter
+        train_worker, jobs, converter
     )
-    if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
-        raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}")
+    for job in jobs:
+        if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
+            raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}")
 
 
-def learned_bias_curves(model_artifact, sample_features: np.ndarray, run_id: str) -> pd.DataFrame:
+def learned_bias_curves(model_artifact, pages: PageSample, run_id: str) -> pd.DataFrame:
     """The examination curve of every context the model knows, as rows of the bias table."""
     model = load_model(model_artifact)
-    items = torch.from_numpy(sample_features)
     rows = []
     for context_id, context_key in sorted(model_artifact.contexts.items()):
-        curve = examination_curve(model, items, context_id).numpy()
+        curve = model.examination_curve(pages, context_id).numpy()
         for slot, value in enumerate(curve, start=1):
-            rows.append((model_artifact.spec.name, run_id, context_key, slot, float(value)))
+            if np.isfinite(value):
+                rows.append((model_artifact.spec.name, run_id, context_key, slot, float(value)))
     return pd.DataFrame(rows, columns=[S.MODEL, S.RUN_ID, S.CONTEXT_KEY, S.POSITION, S.EXAMINATION])
 
 
-def sample_shown_items(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> np.ndarray:
-    """Features of the items shown in a random sample of slates, [N, D]."""
+def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> PageSample:
+    """A random sample of logged slates, to read the learned curves on."""
     fraction = min(1.0, 1.2 * sample_slates / shape.rows)
     rows = (
         examples.sample(fraction=fraction, seed=seed)
         .limit(sample_slates)
-        .select(S.SLATE_SIZE, S.FEATURES)
+        .select(S.POSITIONS, S.FEATURES, S.CONTEXT_ID)
         .toPandas()
     )
-    d = shape.num_features
-    items = [np.asarray(f, dtype=np.float32).reshape(-1, d)[:n] for n, f in zip(rows[S.SLATE_SIZE], rows[S.FEATURES])]
-    return np.concatenate(items)
+    k, d = shape.max_slate_size, shape.num_features
+    return PageSample(
+        features=torch.from_numpy(np.stack(rows[S.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d)),
+        positions=torch.from_numpy(np.stack(rows[S.POSITIONS].to_numpy()).astype(np.int64)),
+        context_ids=torch.from_numpy(rows[S.CONTEXT_ID].to_numpy().astype(np.int64)),
+    )
+
+
+def model_spec(config: Config, name: str, shape: ExamplesShape) -> ModelSpec:
+    """The spec of a configured model name (an architecture or a named variant)."""
+    architecture, options = config.train.variant(name)
+    return ModelSpec(
+        name=name,
+        architecture=architecture,
+        num_features=shape.num_features,
+        max_slate_size=shape.max_slate_size,
+        num_contexts=max(shape.contexts) + 1,
+        hidden_sizes=list(config.train.hidden_sizes),
+        grid_columns=config.examples.grid_columns,
+        **dataclasses.asdict(options),
+    )
 
 
 def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
@@ -188,31 +218,22 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
     converter = make_converter(spark, examples, cache_url, config.examples.partitions, tc.num_processes)
-    paths = []
-    curves = []
-    try:
-        sample = sample_shown_items(examples, shape, tc.bias_curve_sample, tc.seed)
-        for name in tc.models:
-            spec = ModelSpec(
-                name=name,
-                num_features=shape.num_features,
-                max_slate_size=shape.max_slate_size,
-                num_contexts=max(shape.contexts) + 1,
-                hidden_sizes=list(tc.hidden_sizes),
-            )
-            card = {
-                "run_id": run_id,
-                "model": name,
-                "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "features_column": config.columns.features,
-                "contexts": {str(k): v for k, v in shape.contexts.items()},
-                "config": config.to_dict(),
-                "config_fingerprint": config.fingerprint(),
-                "examples_rows": shape.rows,
-                "torch_version": torch.__version__,
-            }
-            job = TrainJob(
-                spec=spec,
+    jobs = []
+    for name in tc.models:
+        card = {
+            "run_id": run_id,
+            "model": name,
+            "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "features_column": config.columns.features,
+            "contexts": {str(k): v for k, v in shape.contexts.items()},
+            "config": config.to_dict(),
+            "config_fingerprint": config.fingerprint(),
+            "examples_rows": shape.rows,
+            "torch_version": torch.__version__,
+        }
+        jobs.append(
+            TrainJob(
+                spec=model_spec(config, name, shape),
                 epochs=tc.epochs,
                 steps_per_epoch=steps,
                 batch_size=tc.batch_size,
@@ -223,11 +244,14 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 artifact_path=artifact_dir(tables.path("models"), run_id, name),
                 card=card,
             )
-            _run_distributed(spark, config, job, converter)
-            paths.append(job.artifact_path)
-            artifact = read_artifact(job.artifact_path)
-            if MODEL_CLASSES[name].has_bias_tower:
-                curves.append(learned_bias_curves(artifact, sample, run_id))
+        )
+    curves = []
+    try:
+        pages = sample_pages(examples, shape, tc.bias_curve_sample, tc.seed)
+        _run_distributed(spark, config, jobs, converter)
+        for job in jobs:
+            if MODEL_CLASSES[job.spec.architecture].has_bias_tower:
+                curves.append(learned_bias_curves(read_artifact(job.artifact_path), pages, run_id))
     finally:
         converter.delete()
     if curves:
@@ -235,4 +259,4 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             S.TRAINED_AT, F.current_timestamp()
         )
         replace_rows(bias.coalesce(1), tables.path("bias_curves"), run_id, f"{S.RUN_ID} = {sql_string(run_id)}")
-    return paths
+    return [job.artifact_path for job in jobs]
