@@ -8,7 +8,7 @@ from ulr_spark.cli import main, parser
 from ulr_spark.pipeline import STAGES
 
 
-@pytest.mark.parametrize("stage", list(STAGES) + ["run"])
+@pytest.mark.parametrize("stage", list(STAGES) + ["run", "compare"])
 def test_every_sub_command_has_help_with_an_example(stage, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser().parse_args([stage, "--help"])
@@ -25,7 +25,7 @@ def test_a_bad_config_fails_at_start_up_naming_the_key(tmp_path, capsys):
 
 
 def test_jobs_are_thin_entry_points():
-    for stage in list(STAGES) + ["run"]:
+    for stage in list(STAGES) + ["run", "compare"]:
         path = f"{ROOT}/jobs/{stage.replace('-', '_')}.py"
         source = open(path).read()
         assert f'main(["{stage}"] + sys.argv[1:])' in source

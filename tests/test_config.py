@@ -59,3 +59,61 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
 def test_fingerprint_changes_with_the_config():
     assert config_from_dict({}).fingerprint() == config_from_dict({}).fingerprint()
     assert config_from_dict({}).fingerprint() != config_from_dict({"train": {"epochs": 2}}).fingerprint()
+
+
+def test_scenario_configs_load_and_name_their_scenario():
+    for name, scenario in [("pbm", "pbm"), ("mixture", "mixture"), ("context", "context"),
+                           ("context_grid", "context"), ("confounded", "confounded"), ("yahoo", "pbm")]:
+        config = load_config(os.path.join(ROOT, "conf", f"{name}.yaml"))
+        assert config.simulate.scenario == scenario
+    assert load_config(os.path.join(ROOT, "conf", "context_grid.yaml")).examples.grid_columns == 5
+    compare = load_config(os.path.join(ROOT, "conf", "compare.yaml")).compare
+    assert len(compare.seeds) >= 3 and {s.name for s in compare.scenarios} >= {"pbm", "mixture", "context", "context_grid", "confounded"}
+
+
+def test_variants_inherit_options_and_override_some():
+    config = config_from_dict(
+        {
+            "train": {
+                "models": ["additive", "additive_dropout"],
+                "model_options": {"dot_product_dim": 8, "bias_dropout": 0.1},
+                "variants": [{"name": "additive_dropout", "model": "additive", "options": {"bias_dropout": 0.3}}],
+            }
+        }
+    )
+    architecture, options = config.train.variant("additive_dropout")
+    assert architecture == "additive" and options.bias_dropout == 0.3 and options.dot_product_dim == 8
+    assert config.train.variant("additive") == ("additive", config.train.model_options)
+
+
+@pytest.mark.parametrize(
+    "train, key, rule",
+    [
+        ({"models": ["lambdamart"]}, "train.models", "unknown model 'lambdamart'"),
+        ({"variants": [{"name": "x", "model": "gbdt"}]}, r"train.variants\[0\].model", "must be one of"),
+        ({"variants": [{"name": "x", "model": "additive", "options": {"dropout": 0.3}}]}, r"train.variants\[0\].options.dropout", ""),
+        ({"variants": [{"name": "x", "model": "additive", "options": {"bias_dropout": 1.5}}]}, r"train.variants\[0\].options.bias_dropout", "in \\[0, 1\\)"),
+        ({"variants": [{"name": "pal", "model": "additive"}]}, "train.variants", "is an architecture"),
+        ({"model_options": {"mixem_components": 0}}, "train.model_options.mixem_components", ">= 1"),
+    ],
+)
+def test_bad_model_settings_are_errors(train, key, rule):
+    with pytest.raises(ConfigError, match=f"'{key}'.*{rule}"):
+        config_from_dict({"train": train})
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"simulate": {"scenario": "cascade"}}, "simulate.scenario"),
+        ({"simulate": {"source": "letor"}}, "simulate.letor.train_path"),
+        ({"simulate": {"mixture_share": 1.5}}, "simulate.mixture_share"),
+        ({"examples": {"grid_columns": -1}}, "examples.grid_columns"),
+        ({"compare": {"seeds": [1, 1]}}, "compare.seeds"),
+        ({"compare": {"baselines": ["catboost"]}}, "compare.baselines"),
+        ({"compare": {"claims": [{"scenario": "nowhere", "model": "a", "beats": "b"}]}}, "compare.claims"),
+    ],
+)
+def test_bad_scenario_and_compare_settings_are_errors(data, key):
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        config_from_dict(data)

@@ -17,6 +17,9 @@ from ulr_spark.pipeline import run_stage
 
 pytestmark = pytest.mark.slow
 
+# The pbm scenario of the comparison: every two-tower model must beat naive.
+MODELS = ("naive", "additive", "pal", "dot_product", "mixem", "xpa")
+
 
 @pytest.fixture(scope="module")
 def pipeline_run(spark, tmp_path_factory):
@@ -29,7 +32,9 @@ def pipeline_run(spark, tmp_path_factory):
             # the naive model's handicap stands out of the training noise on small data.
             "logging_ranker": {"relevance_weight": 1.0, "distractor_weight": 1.5, "noise": 1.0},
         },
-        train={"epochs": 10, "batch_size": 256, "learning_rate": 0.01, "bias_curve_sample": 5000},
+        train={
+            "models": list(MODELS), "epochs": 10, "batch_size": 256, "learning_rate": 0.01, "bias_curve_sample": 5000,
+        },
     )
     run_id = "test-run"
     for stage in ("simulate", "build-examples", "train", "score", "evaluate"):
@@ -53,6 +58,14 @@ def test_additive_model_beats_naive_and_recovers_the_curve(spark, pipeline_run):
     # demo (1M) is held to 10%. A bias tower that learned nothing (a flat curve) scores above 3.
     assert metrics[("additive", BIAS_ERROR)] < 0.3, metrics
     assert ("naive", BIAS_ERROR) not in metrics
+
+
+@pytest.mark.parametrize("model", MODELS[2:])
+def test_every_two_tower_model_beats_naive_under_pbm(spark, pipeline_run, model):
+    config, run_id = pipeline_run
+    metrics = metrics_of(spark, config, run_id)
+    assert metrics[(model, "ndcg@10")] > metrics[("naive", "ndcg@10")], metrics
+    assert metrics[(model, BIAS_ERROR)] < 3.0, metrics  # every bias tower learned a decreasing curve
 
 
 def test_learned_curve_decreases_like_the_truth(spark, pipeline_run):
@@ -81,7 +94,7 @@ def test_outputs_are_delta_tables_tagged_with_the_run(spark, pipeline_run):
 def test_artifacts_carry_weights_schema_and_config(pipeline_run):
     config, run_id = pipeline_run
     artifacts = {a.spec.name: a for a in run_artifacts(config.tables.path("models"), run_id)}
-    assert set(artifacts) == {"naive", "additive"}
+    assert set(artifacts) == set(MODELS)
     card = read_artifact(artifacts["additive"].path).card
     assert card["spec"]["num_features"] == config.simulate.num_features
     assert card["features_column"] == "features"
@@ -95,7 +108,7 @@ def test_scoring_twice_replaces_the_run_rows(spark, pipeline_run):
     scores = lambda: read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == run_id)
     before = scores().count()
     candidates = read_table(spark, config.tables.path("candidates")).count()
-    assert before == 2 * candidates  # every (query, item) pair, once per model
+    assert before == len(MODELS) * candidates  # every (query, item) pair, once per model
     run_stage(config, spark, "score", run_id)
     assert scores().count() == before
     assert scores().groupBy(S.QUERY_ID, S.ITEM_ID, S.MODEL).count().where("count > 1").count() == 0
@@ -122,9 +135,9 @@ def test_scoring_the_pairs_of_the_log(spark, pipeline_run):
     run_stage(from_log, spark, "score", "log-pairs-run")
     pairs = read_table(spark, config.tables.path("impressions")).select("query_id", "item_id").distinct().count()
     scores = read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == "log-pairs-run")
-    assert scores.count() == 2 * pairs
+    assert scores.count() == len(MODELS) * pairs
     # The same weights give the same score to a pair whichever table it came from.
     this_run = read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == run_id)
     joined = scores.alias("a").join(this_run.alias("b"), [S.QUERY_ID, S.ITEM_ID, S.MODEL])
-    assert joined.count() == 2 * pairs
+    assert joined.count() == len(MODELS) * pairs
     assert joined.where(F.abs(F.col("a.score") - F.col("b.score")) > 1e-9).count() == 0

@@ -70,3 +70,91 @@ def test_simulated_log_follows_the_position_based_model(spark, tmp_path):
     theta = np.array([r["examination_absolute"] for r in truth])
     ratio = np.array([r["clicks"] / r["expected"] for r in per_slot]) / theta
     assert np.allclose(ratio, 1.0, atol=0.12), ratio
+
+
+def _shown(spark, tmp_path, **simulate_settings):
+    from ulr_spark.simulate import shown_items
+
+    grid = simulate_settings.pop("grid_columns", 0)
+    settings = {"num_queries": 60, "candidates_per_query": 12, "num_requests": 400, "seed": 5, **simulate_settings}
+    config = small_config(tmp_path, simulate=settings, examples={"grid_columns": grid})
+    truth = draw_catalogue(config.simulate)
+    rows = shown_items(spark, config, truth).select("request_index", "slot", "attraction", "examination", "p_click")
+    return config, rows.toPandas().sort_values(["request_index", "slot"])
+
+
+def _expected_neighbour_examination(frame, theta, effect, grid_columns):
+    expected = []
+    for _, page in frame.groupby("request_index"):
+        attraction = dict(zip(page["slot"], page["attraction"]))
+        for slot in page["slot"]:
+            if grid_columns:
+                col = (slot - 1) % grid_columns + 1
+                near = [slot - grid_columns, slot + grid_columns]
+                near += [slot - 1] if col > 1 else []
+                near += [slot + 1] if col < grid_columns else []
+            else:
+                near = [slot - 1, slot + 1]
+            strongest = max([attraction.get(n, 0.0) for n in near])
+            expected.append(theta[slot - 1] * (1 - effect * strongest))
+    return np.array(expected)
+
+
+def test_context_scenario_examination_drops_next_to_attractive_items(spark, tmp_path):
+    config, frame = _shown(spark, tmp_path, scenario="context", neighbour_effect=0.6)
+    theta = np.asarray(config.simulate.examination)
+    expected = _expected_neighbour_examination(frame, theta, 0.6, 0)
+    assert np.allclose(frame["examination"].to_numpy(), expected)
+    assert np.allclose(frame["p_click"], frame["examination"] * frame["attraction"])
+    assert (frame["examination"] < theta[frame["slot"] - 1] - 1e-9).mean() > 0.9
+
+
+def test_context_scenario_on_a_grid_uses_left_right_above_below(spark, tmp_path):
+    config, frame = _shown(spark, tmp_path, scenario="context", neighbour_effect=0.6, grid_columns=5)
+    theta = np.asarray(config.simulate.examination)
+    grid_expected = _expected_neighbour_examination(frame, theta, 0.6, 5)
+    list_expected = _expected_neighbour_examination(frame, theta, 0.6, 0)
+    assert np.allclose(frame["examination"].to_numpy(), grid_expected)
+    assert not np.allclose(frame["examination"].to_numpy(), list_expected), "a grid is not a list"
+
+
+def test_mixture_scenario_has_requests_that_click_the_top_whatever_it_shows(spark, tmp_path):
+    config, frame = _shown(spark, tmp_path, scenario="mixture", mixture_share=0.4, mixture_top_clicks=[0.7, 0.3])
+    theta = np.asarray(config.simulate.examination)
+    top_clicker = frame.groupby("request_index").apply(
+        lambda page: np.allclose(page.sort_values("slot")["p_click"].to_numpy()[:3], [0.7, 0.3, 0.0])
+    )
+    assert 0.33 < top_clicker.mean() < 0.47
+    others = frame[frame["request_index"].isin(top_clicker[~top_clicker].index)]
+    assert np.allclose(others["p_click"], theta[others["slot"] - 1] * others["attraction"])
+
+
+def test_letor_source_uses_the_files_labels_and_holds_out_the_test_queries(spark, tmp_path):
+    train = tmp_path / "rank.train"
+    test = tmp_path / "rank.test"
+    rng = np.random.default_rng(0)
+
+    def lines(queries, offset):
+        out = []
+        for q in range(queries):
+            for _ in range(12):
+                label = int(rng.integers(0, 5))
+                out.append(f"{label} qid:{q + offset} 1:{label / 4 + rng.normal(0, .1):.3f} 2:{rng.random():.3f} 7:{rng.random():.3f}")
+        return "\n".join(out) + "\n"
+
+    train.write_text(lines(30, 0))
+    test.write_text(lines(10, 100))
+    config = small_config(
+        tmp_path / "tables",
+        simulate={"source": "letor", "letor": {"train_path": str(train), "test_path": str(test)}, "num_requests": 500},
+    )
+    counts = simulate(spark, config, "letor-test")
+    labels = read_table(spark, config.tables.path("truth_labels")).toPandas()
+    assert counts["candidates"] == 480 and counts["queries"] == 40
+    assert (labels[S.SPLIT] == S.SPLIT_HELDOUT).sum() == 120
+    candidates = read_table(spark, config.tables.path("candidates")).toPandas()
+    assert len(candidates[S.FEATURES].iloc[0]) == 8  # indices up to 7, from 0
+    log = read_table(spark, config.tables.path("impressions"))
+    assert log.count() == counts["impressions"] == 500 * 10
+    heldout = set(labels.loc[labels[S.SPLIT] == S.SPLIT_HELDOUT, S.QUERY_ID])
+    assert not heldout & {r[0] for r in log.select("query_id").distinct().collect()}

@@ -4,7 +4,6 @@ and leaves no examples table behind."""
 import os
 
 import pytest
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from tests.conftest import small_config

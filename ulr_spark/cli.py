@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
             help="run to write or read; train, run and compare start a new one by default, score and "
             "evaluate use the newest",
         )
+        if stage == "compare":
+            sub.add_argument(
+                "--report-only", action="store_true",
+                help="rebuild the report and the plot of comparison --run-id from its tables, without training",
+            )
     return top
 
 
@@ -77,10 +82,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_all(config, spark, args.run_id)
         elif args.stage == "compare":
             from ulr_spark.artifacts import new_run_id
-            from ulr_spark.compare import compare
+            from ulr_spark.compare import compare, write_report
 
             command = "ulr-spark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-            compare(config, spark, args.run_id or new_run_id(), command)
+            if args.report_only:
+                if not args.run_id:
+                    raise ValueError("--report-only needs the --run-id of the comparison")
+                write_report(config, spark, args.run_id, command)
+            else:
+                compare(config, spark, args.run_id or new_run_id(), command)
         else:
             run_stage(config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id))
     except (InvalidLogError, FileNotFoundError, ValueError) as error:

@@ -7,9 +7,14 @@ models the same way. The per-seed metrics go to the ``comparison`` Delta table (
 transaction per comparison id); the mean and spread go to a Markdown report, and the true and
 learned examination curves to a plot.
 
-A claim "A beats B" holds only when the gap of the means is larger than the sum of the two
-standard deviations over seeds (DESIGN section 5 asks for gap > spread; the sum is the
-cautious reading).
+A claim "A beats B" is checked on paired differences: for each seed both models were trained
+and measured on the same simulated data, so the gap is the mean over seeds of (A - B) and the
+spread is the standard deviation over seeds of (A - B). The claim holds when the gap exceeds
+the spread (DESIGN section 5). Unpaired standard deviations would also count how hard each
+seed's data is, which moves both models together.
+
+The report is rebuilt from the Delta tables alone (``--report-only``), so it can be redrawn
+without training again.
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -64,40 +68,46 @@ def scenario_config(compare_config: Config, scenario: CompareScenario, seed: int
     return config_from_dict(data)
 
 
-@dataclass
-class ScenarioRun:
-    metrics: pd.DataFrame  # scenario, seed, model, metric, value
-    curves: pd.DataFrame  # scenario, seed, model, position, examination (model "truth" too)
-    seconds: float
+def scenario_run_id(compare_id: str, scenario: str, seed: int) -> str:
+    return f"{compare_id}-{scenario}-seed{seed}"
 
 
-def run_scenario(spark: SparkSession, compare_config: Config, scenario: CompareScenario, seed: int, run_id: str) -> ScenarioRun:
+def run_scenario(spark: SparkSession, compare_config: Config, scenario: CompareScenario, seed: int, run_id: str) -> pd.DataFrame:
+    """The whole pipeline and the baselines for one scenario and seed; returns its metrics."""
     from ulr_spark.pipeline import run_stage
 
     config = scenario_config(compare_config, scenario, seed)
-    started = time.time()
     for stage in ("simulate", "build-examples", "train", "score"):
         run_stage(config, spark, stage, run_id)
     cc = compare_config.compare
     if cc.baselines:
         train_baselines(config, spark, run_id, list(cc.baselines), cc.baseline_rounds, cc.baseline_max_rows)
     metrics = run_stage(config, spark, "evaluate", run_id).select(S.MODEL, S.METRIC, S.VALUE).toPandas()
-    tables = config.tables
-    learned = (
-        read_table(spark, tables.path("bias_curves"))
-        .where((F.col(S.RUN_ID) == run_id) & (F.col(S.CONTEXT_KEY) == S.DEFAULT_CONTEXT_KEY))
-        .select(S.MODEL, S.POSITION, S.EXAMINATION)
-        .toPandas()
-        if table_exists(spark, tables.path("bias_curves"))
-        else pd.DataFrame(columns=[S.MODEL, S.POSITION, S.EXAMINATION])
-    )
-    truth = read_table(spark, tables.path("truth_examination")).select(S.POSITION, S.EXAMINATION).toPandas()
-    truth[S.MODEL] = "truth"
-    curves = pd.concat([learned, truth], ignore_index=True)
-    for frame in (metrics, curves):
-        frame[SCENARIO] = scenario.name
-        frame[SEED] = seed
-    return ScenarioRun(metrics=metrics, curves=curves, seconds=time.time() - started)
+    metrics[SCENARIO] = scenario.name
+    metrics[SEED] = seed
+    return metrics
+
+
+def read_curves(spark: SparkSession, compare_config: Config, compare_id: str) -> pd.DataFrame:
+    """Learned (default context) and true curves of every scenario and seed of a comparison."""
+    frames = []
+    for scenario in compare_config.compare.scenarios:
+        for seed in compare_config.compare.seeds:
+            tables = scenario_config(compare_config, scenario, seed).tables
+            run_id = scenario_run_id(compare_id, scenario.name, seed)
+            if table_exists(spark, tables.path("bias_curves")):
+                learned = (
+                    read_table(spark, tables.path("bias_curves"))
+                    .where((F.col(S.RUN_ID) == run_id) & (F.col(S.CONTEXT_KEY) == S.DEFAULT_CONTEXT_KEY))
+                    .select(S.MODEL, S.POSITION, S.EXAMINATION)
+                    .toPandas()
+                )
+                frames.append(learned.assign(**{SCENARIO: scenario.name, SEED: seed}))
+            if table_exists(spark, tables.path("truth_examination")):
+                truth = read_table(spark, tables.path("truth_examination")).select(S.POSITION, S.EXAMINATION).toPandas()
+                frames.append(truth.assign(**{S.MODEL: "truth", SCENARIO: scenario.name, SEED: seed}))
+    columns = [SCENARIO, SEED, S.MODEL, S.POSITION, S.EXAMINATION]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -114,20 +124,19 @@ class ClaimResult:
     holds: bool
 
 
-def check_claims(summary: pd.DataFrame, claims: list[CompareClaim]) -> list[ClaimResult]:
+def check_claims(metrics: pd.DataFrame, claims: list[CompareClaim]) -> list[ClaimResult]:
+    """Each claim on the paired per-seed differences (see the module docstring)."""
     results = []
     for claim in claims:
-        def stat(model: str) -> Optional[pd.Series]:
-            row = summary[(summary[SCENARIO] == claim.scenario) & (summary[S.MODEL] == model) & (summary[S.METRIC] == claim.metric)]
-            return None if row.empty else row.iloc[0]
-
-        a, b = stat(claim.model), stat(claim.beats)
-        if a is None or b is None:
+        part = metrics[(metrics[SCENARIO] == claim.scenario) & (metrics[S.METRIC] == claim.metric)]
+        by_seed = part.pivot_table(index=SEED, columns=S.MODEL, values=S.VALUE)
+        if claim.model not in by_seed or claim.beats not in by_seed:
             results.append(ClaimResult(claim, float("nan"), float("nan"), False))
             continue
         sign = -1.0 if claim.metric == BIAS_ERROR else 1.0
-        gap = sign * (a["mean"] - b["mean"])
-        spread = a["std"] + b["std"]
+        differences = (sign * (by_seed[claim.model] - by_seed[claim.beats])).dropna()
+        gap = float(differences.mean())
+        spread = float(differences.std()) if len(differences) > 1 else 0.0
         results.append(ClaimResult(claim, gap, spread, bool(gap > spread)))
     return results
 
@@ -138,13 +147,14 @@ def _metric_order(metric: str) -> tuple:
 
 def markdown_report(
     summary: pd.DataFrame, claims: list[ClaimResult], compare_id: str, command: str, seeds: list[int],
-    seconds: float, plot_path: Optional[str],
+    seconds: Optional[float], plot_path: Optional[str],
 ) -> str:
+    took = f", in {seconds / 60:.1f} minutes" if seconds is not None else ""
     lines = [
         "# Model comparison",
         "",
         f"Comparison `{compare_id}`, written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC "
-        f"on {platform.node() or 'this machine'} ({os.cpu_count()} cores), in {seconds / 60:.1f} minutes.",
+        f"on {platform.node() or 'this machine'} ({os.cpu_count()} cores){took}.",
         "",
         f"Command: `{command}`",
         "",
@@ -161,7 +171,13 @@ def markdown_report(
                 f"| {c.scenario} | {c.model} beats {c.beats} | {c.metric} | {r.gap:+.4f} | {r.spread:.4f} | "
                 f"{'yes' if r.holds else '**no**'} |"
             )
-        lines += ["", "A claim holds when the gap of the means exceeds the sum of the two standard deviations.", ""]
+        lines += [
+            "",
+            "Gap: the mean over seeds of the paired difference (model minus the one it should beat; "
+            "for bias_curve_error, the other way round). Spread: the standard deviation of that "
+            "difference over seeds. A claim holds when the gap exceeds the spread.",
+            "",
+        ]
     metrics = sorted(summary[S.METRIC].unique(), key=_metric_order)
     for scenario in summary[SCENARIO].unique():
         part = summary[summary[SCENARIO] == scenario]
@@ -187,23 +203,59 @@ def plot_curves(curves: pd.DataFrame, path: str) -> None:
     import matplotlib.pyplot as plt
 
     scenarios = list(dict.fromkeys(curves[SCENARIO]))
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.8), squeeze=False)
     mean = curves.groupby([SCENARIO, S.MODEL, S.POSITION])[S.EXAMINATION].mean().reset_index()
+    # One colour per model across all panels.
+    learned_models = sorted(m for m in mean[S.MODEL].unique() if m != "truth")
+    palette = plt.get_cmap("tab10")
+    colours = {m: palette(i % 10) for i, m in enumerate(learned_models)}
     for ax, scenario in zip(axes[0], scenarios):
         part = mean[mean[SCENARIO] == scenario]
         for model in sorted(part[S.MODEL].unique(), key=lambda m: (m != "truth", m)):
             line = part[part[S.MODEL] == model].sort_values(S.POSITION)
-            style = {"color": "black", "linewidth": 2.5} if model == "truth" else {"linewidth": 1.2, "marker": "."}
+            if model == "truth":
+                style = {"color": "black", "linewidth": 2.5}
+            else:
+                style = {"color": colours[model], "linewidth": 1.2, "marker": "."}
             ax.plot(line[S.POSITION], line[S.EXAMINATION], label=model, **style)
         ax.set_title(scenario)
         ax.set_xlabel("slot")
         ax.set_ylabel("examination / slot 1")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_report(
+    config: Config, spark: SparkSession, compare_id: str, command: str, seconds: Optional[float] = None
+) -> pd.DataFrame:
+    """The report and the plot of a comparison, from its Delta tables; returns the summary."""
+    cc = config.compare
+    table = read_table(spark, comparison_table(config)).where(F.col(COMPARE_ID) == compare_id)
+    metrics = table.select(SCENARIO, SEED, S.MODEL, S.METRIC, S.VALUE).toPandas()
+    if metrics.empty:
+        raise ValueError(f"compare: no results for compare id {compare_id!r} in {comparison_table(config)}")
+    summary = summarise(metrics)
+    claims = check_claims(metrics, list(cc.claims))
+    if cc.plot:
+        plot_curves(read_curves(spark, config, compare_id), cc.plot)
+    if cc.report:
+        os.makedirs(os.path.dirname(os.path.abspath(cc.report)), exist_ok=True)
+        with open(cc.report, "w") as handle:
+            handle.write(markdown_report(summary, claims, compare_id, command, list(cc.seeds), seconds, cc.plot))
+        print(f"compare: report written to {cc.report}")
+    for r in claims:
+        c = r.claim
+        verdict = "holds" if r.holds else "does NOT hold"
+        print(f"claim [{c.scenario}] {c.model} beats {c.beats} on {c.metric}: gap {r.gap:+.4f}, spread {r.spread:.4f} -> {verdict}")
+    return summary
+
+
+def comparison_table(config: Config) -> str:
+    return os.path.join(config.tables.path("comparison"), "metrics")
 
 
 def compare(config: Config, spark: SparkSession, compare_id: str, command: str) -> pd.DataFrame:
@@ -216,28 +268,13 @@ def compare(config: Config, spark: SparkSession, compare_id: str, command: str) 
     for scenario in cc.scenarios:
         for seed in cc.seeds:
             print(f"== compare: scenario {scenario.name}, seed {seed}", flush=True)
-            runs.append(run_scenario(spark, config, scenario, seed, f"{compare_id}-{scenario.name}-seed{seed}"))
-            print(f"== compare: scenario {scenario.name}, seed {seed} done in {runs[-1].seconds:.0f}s", flush=True)
-    metrics = pd.concat([r.metrics for r in runs], ignore_index=True)
-    curves = pd.concat([r.curves for r in runs], ignore_index=True)
+            begun = time.time()
+            runs.append(run_scenario(spark, config, scenario, seed, scenario_run_id(compare_id, scenario.name, seed)))
+            print(f"== compare: scenario {scenario.name}, seed {seed} done in {time.time() - begun:.0f}s", flush=True)
+    metrics = pd.concat(runs, ignore_index=True)
     table = spark.createDataFrame(metrics[[SCENARIO, SEED, S.MODEL, S.METRIC, S.VALUE]]).select(
         F.lit(compare_id).alias(COMPARE_ID), SCENARIO, F.col(SEED).cast("int"), S.MODEL, S.METRIC,
         F.col(S.VALUE).cast("double"), F.current_timestamp().alias(S.EVALUATED_AT),
     )
-    replace_rows(
-        table.coalesce(1), os.path.join(config.tables.path("comparison"), "metrics"), compare_id,
-        f"{COMPARE_ID} = {sql_string(compare_id)}",
-    )
-    summary = summarise(metrics)
-    claims = check_claims(summary, list(cc.claims))
-    if cc.plot:
-        plot_curves(curves, cc.plot)
-    if cc.report:
-        os.makedirs(os.path.dirname(os.path.abspath(cc.report)), exist_ok=True)
-        with open(cc.report, "w") as handle:
-            handle.write(markdown_report(summary, claims, compare_id, command, list(cc.seeds), time.time() - started, cc.plot))
-        print(f"compare: report written to {cc.report}")
-    for r in claims:
-        c = r.claim
-        print(f"claim [{c.scenario}] {c.model} beats {c.beats} on {c.metric}: gap {r.gap:+.4f}, spread {r.spread:.4f} -> {'holds' if r.holds else 'does NOT hold'}")
-    return summary
+    replace_rows(table.coalesce(1), comparison_table(config), compare_id, f"{COMPARE_ID} = {sql_string(compare_id)}")
+    return write_report(config, spark, compare_id, command, time.time() - started)

@@ -1,9 +1,10 @@
 """Simulated impression logs with a known truth (DESIGN section 4).
 
 The catalogue (queries, their candidate items, features and true labels) is small and drawn on
-the driver with numpy. The log itself is generated in Spark: every request picks a query, the
-logging ranker scores the query's candidates with per-request noise and shows its top
-``slate_size``, and clicks follow the position-based model
+the driver with numpy, from a hidden function of synthetic features or from a LETOR file. The
+log itself is generated in Spark: every request picks a query, the logging ranker scores the
+query's candidates with per-request noise and shows its top ``slate_size``, and clicks follow
+the scenario (see :func:`shown_items`); under ``pbm``
 
     P(click | slot k, item) = theta_k ** eta * (eps + (1 - eps) * (2 ** y - 1) / 15).
 
