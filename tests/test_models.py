@@ -6,7 +6,7 @@ from ulr_spark.models import (
     AdditiveTwoTower,
     ModelSpec,
     NaiveModel,
-    examination_curve,
+    PageSample,
     weighted_click_loss,
 )
 
@@ -61,7 +61,9 @@ def test_examination_curve_of_additive_model_with_flat_relevance():
                 module.weight.zero_()
                 module.bias.zero_()
         model.bias_tower.table.weight.copy_(torch.tensor(offsets).unsqueeze(-1))
-    curve = examination_curve(model, torch.randn(50, 3), context_id=0)
+    items = torch.randn(50, 1, 3)  # one-item pages
+    pages = PageSample(items, torch.ones((50, 1), dtype=torch.long), torch.zeros(50, dtype=torch.long))
+    curve = model.examination_curve(pages, context_id=0)
     sigma = lambda v: 1 / (1 + math.exp(-v))
     expected = [sigma(o) / sigma(0.0) for o in offsets[1:]]
     assert torch.allclose(curve, torch.tensor(expected), atol=1e-6)
@@ -72,7 +74,6 @@ def test_examination_curve_of_additive_model_with_flat_relevance():
 from ulr_spark.models import (  # noqa: E402
     DotProductTwoTower,
     MixEMTwoTower,
-    PageSample,
     PALModel,
     XPATwoTower,
     build_model,

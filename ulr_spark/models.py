@@ -547,11 +547,3 @@ class TrainingObjective(nn.Module):
     def forward(self, features, positions, context_ids, clicks, impressions):
         return self.model.loss(features, positions, context_ids, clicks, impressions)
 
-
-def examination_curve(model: ClickModel, features: torch.Tensor, context_id: int, reference_context_id: int = 0):
-    """The learned curve of ``model`` read on single items ``features`` [N, D] (one-item pages)."""
-    n = features.shape[0]
-    pages = PageSample(
-        features.unsqueeze(1), torch.ones((n, 1), dtype=torch.int64), torch.full((n,), context_id, dtype=torch.int64)
-    )
-    return model.examination_curve(pages, context_id, reference_context_id)

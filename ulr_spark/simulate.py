@@ -125,13 +125,10 @@ def draw_letor_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
     ranker sees the label with a fixed per-item error, plus a random feature direction as the
     distractor."""
     rng = np.random.default_rng(cfg.seed)
-    train = read_letor(cfg.letor.train_path)
-    parts = [(train, False)]
+    parts = [(read_letor(cfg.letor.train_path), False)]
     if cfg.letor.test_path:
-        test = read_letor(cfg.letor.test_path)
-        width = max(train.features.shape[1], test.features.shape[1])
-        train, test = read_letor(cfg.letor.train_path, width), read_letor(cfg.letor.test_path, width)
-        parts = [(train, False), (test, True)]
+        parts.append((read_letor(cfg.letor.test_path), True))
+    width = max(data.features.shape[1] for data, _ in parts)  # a feature may be absent from one file
     query_index, features, labels, heldout_flags = [], [], [], []
     offset = 0
     for data, is_test in parts:
@@ -142,7 +139,7 @@ def draw_letor_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
         query_index.append(order + offset)
         heldout_flags += [is_test] * len(first_seen)
         offset += len(first_seen)
-        features.append(data.features)
+        features.append(np.pad(data.features, ((0, 0), (0, width - data.features.shape[1]))))
         labels.append(data.labels)
     query_index = np.concatenate(query_index)
     heldout = np.asarray(heldout_flags) if cfg.letor.test_path else _heldout(rng, offset, cfg.heldout_fraction)
