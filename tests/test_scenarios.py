@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from tests.conftest import ROOT
 from ulr_spark import schema as S
-from ulr_spark.compare import COMPARE_ID, compare, scenario_config
+from ulr_spark.compare import COMPARE_ID, compare, merge_settings, scenario_config
 from ulr_spark.config import CompareScenario, config_from_dict
 from ulr_spark.delta_io import read_table
 from ulr_spark.pipeline import run_stage
@@ -26,16 +26,9 @@ SMALL = {
 }
 
 
-def _merge(a, b):
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def run_small(spark, tmp_path, conf_name, models, seed=11, **settings):
     base = config_from_dict({"tables": {"root": str(tmp_path)}, "spark": {"master": "local[2]", "shuffle_partitions": 4}})
-    scenario = CompareScenario(conf_name, os.path.join(ROOT, "conf", f"{conf_name}.yaml"), _merge(SMALL, {"train": {"models": models}, **settings}))
+    scenario = CompareScenario(conf_name, os.path.join(ROOT, "conf", f"{conf_name}.yaml"), merge_settings(SMALL, {"train": {"models": models}, **settings}))
     config = scenario_config(base, scenario, seed)
     for stage in ("simulate", "build-examples", "train", "score", "evaluate"):
         run_stage(config, spark, stage, "scenario-test")
@@ -80,7 +73,7 @@ def test_compare_on_the_yahoo_sample_against_boosted_trees(spark, tmp_path):
                     {
                         "name": "yahoo_pbm",
                         "config": os.path.join(ROOT, "conf", "yahoo.yaml"),
-                        "settings": _merge(SMALL, {"simulate": {"letor": {
+                        "settings": merge_settings(SMALL, {"simulate": {"letor": {
                             "train_path": os.path.join(YAHOO, "rank.train"),
                             "test_path": os.path.join(YAHOO, "rank.test"),
                         }}, "train": {"models": ["naive", "additive"]}}),

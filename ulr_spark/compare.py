@@ -42,11 +42,12 @@ SEED = "seed"
 COMPARE_ID = "compare_id"
 
 
-def _merge(base: dict, settings: dict) -> dict:
+def merge_settings(base: dict, settings: dict) -> dict:
+    """``settings`` merged over ``base``, section by section (neither is changed)."""
     merged = copy.deepcopy(base)
     for key, value in settings.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -55,8 +56,8 @@ def _merge(base: dict, settings: dict) -> dict:
 def scenario_config(compare_config: Config, scenario: CompareScenario, seed: int) -> Config:
     """The runnable config of one scenario and seed, in its own tables folder."""
     data = load_config(scenario.config).to_dict()
-    data = _merge(data, scenario.settings)
-    data = _merge(
+    data = merge_settings(data, scenario.settings)
+    data = merge_settings(
         data,
         {
             "spark": compare_config.to_dict()["spark"],
