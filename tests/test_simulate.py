@@ -158,3 +158,33 @@ def test_letor_source_uses_the_files_labels_and_holds_out_the_test_queries(spark
     assert log.count() == counts["impressions"] == 500 * 10
     heldout = set(labels.loc[labels[S.SPLIT] == S.SPLIT_HELDOUT, S.QUERY_ID])
     assert not heldout & {r[0] for r in log.select("query_id").distinct().collect()}
+
+
+def test_zipf_popularity_and_repeated_slates(spark, tmp_path):
+    """Head queries take most requests, and a query shows its usual slate except in the
+    randomised share of requests."""
+    s, n_queries = 1.1, 100
+    config = small_config(
+        tmp_path,
+        simulate={"num_queries": n_queries, "heldout_fraction": 0.2, "candidates_per_query": 12, "num_requests": 6000,
+                  "query_popularity": "zipf", "zipf_exponent": s, "randomised_share": 0.2, "seed": 9},
+    )
+    simulate(spark, config, "zipf")
+    log = read_table(spark, config.tables.path("impressions")).toPandas()
+    slates = log.sort_values("position").groupby("request_id").agg(
+        query=(S.QUERY_ID, "first"), slate=(S.ITEM_ID, tuple)
+    )
+    per_query = slates["query"].value_counts()
+    n_train = n_queries - 20
+
+    def cdf(x):
+        return (x ** (1 - s) - 1) / ((n_train + 1) ** (1 - s) - 1)
+
+    expected_head = [cdf(r + 1) - cdf(r) for r in (1, 2, 3)]
+    assert np.allclose(per_query.iloc[:3].to_numpy() / 6000, expected_head, atol=0.015), per_query.iloc[:3]
+    # The usual slate of each head query: shown by about 80% of its requests (the 20% that are
+    # randomised rarely reproduce it by chance).
+    for query in per_query.index[:5]:
+        shown = slates[slates["query"] == query]["slate"].value_counts()
+        assert 0.72 < shown.iloc[0] / shown.sum() < 0.9, (query, shown.iloc[0] / shown.sum())
+    assert per_query.size > 0.9 * n_train, "the tail is still asked"

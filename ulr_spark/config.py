@@ -141,7 +141,15 @@ class SimulateConfig:
     label_shares: list[float] = field(default_factory=lambda: [0.45, 0.30, 0.15, 0.07, 0.03])
     logging_ranker: LoggingRankerConfig = field(default_factory=LoggingRankerConfig)
     start_date: str = "2026-01-01"
-    days: int = 7  # requests are spread over this many event_date partitions
+    days: int = 7  # requests are spread over this many event_date partitions, in id order
+    # How requests pick a training query: uniform, or zipf (head and tail queries, with
+    # P(rank r) proportional to r ** -zipf_exponent).
+    query_popularity: str = "uniform"
+    zipf_exponent: float = 1.1
+    # Share of requests whose slate is re-drawn with fresh ranker noise. The rest show the
+    # query's usual slate (the ranker's noise is then a fixed error per query and item), as
+    # production rankers mostly repeat themselves; 1.0 re-draws every slate.
+    randomised_share: float = 1.0
     partitions: int = 8
     # mixture: share of requests from top clickers, and their click probability on slots 1..n
     # (0 below), whatever the item.
@@ -153,6 +161,7 @@ class SimulateConfig:
 
     SCENARIOS = ("pbm", "mixture", "context", "confounded")
     SOURCES = ("synthetic", "letor")
+    POPULARITIES = ("uniform", "zipf")
 
     def validate(self, at: str) -> None:
         _check(self.scenario in self.SCENARIOS, f"{at}.scenario", f"must be one of {list(self.SCENARIOS)}")
@@ -162,6 +171,13 @@ class SimulateConfig:
             f"{at}.letor.train_path",
             "is required when source is 'letor'",
         )
+        _check(
+            self.query_popularity in self.POPULARITIES,
+            f"{at}.query_popularity",
+            f"must be one of {list(self.POPULARITIES)}",
+        )
+        _check(self.zipf_exponent > 0, f"{at}.zipf_exponent", "must be > 0")
+        _check(0 <= self.randomised_share <= 1, f"{at}.randomised_share", "must be in [0, 1]")
         _check(0 <= self.mixture_share <= 1, f"{at}.mixture_share", "must be in [0, 1]")
         _check(all(0 <= v <= 1 for v in self.mixture_top_clicks), f"{at}.mixture_top_clicks", "values must be in [0, 1]")
         _check(0 <= self.neighbour_effect <= 1, f"{at}.neighbour_effect", "must be in [0, 1]")
@@ -204,6 +220,10 @@ class ExamplesConfig:
     # Page layout: 0 for a list; n > 0 for a grid n columns wide whose positions run in
     # row-major reading order (position p is row (p-1)//n + 1, column (p-1)%n + 1).
     grid_columns: int = 0
+    # Merge requests that showed the same slate into one weighted row (DESIGN section 2). The
+    # likelihood is unchanged for every model except mixem, whose E-step is per list: turn it
+    # off for an exact mixem, at the price of one row per request.
+    merge_identical_slates: bool = True
 
     def validate(self, at: str) -> None:
         _check(self.max_slate_size >= 1, f"{at}.max_slate_size", "must be >= 1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -20,7 +21,8 @@ from pyspark.sql import types as T
 from ulr_spark import schema as S
 from ulr_spark.config import Config, LogColumns
 from ulr_spark.delta_io import overwrite_table, read_table
-from ulr_spark.validate import LogSummary, context_key, validate_log
+from ulr_spark.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
+from ulr_spark.validate import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
 
 
 # Below this share of (query, item) pairs logged in more than one slot, position and relevance
@@ -40,48 +42,69 @@ class ExamplesSummary:
     compression: float  # requests per example row, from merging identical slates
 
 
-def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, num_features: int) -> DataFrame:
-    """One row per request: query, context and the padded, slot-ordered slate arrays."""
-    k, d = max_slate_size, num_features
-    shown = log.where(F.col(cols.position) <= k).select(
-        F.col(cols.request_id).alias("request_id"),
-        F.col(cols.query_id).cast("string").alias(S.QUERY_ID),
-        context_key(cols).alias(S.CONTEXT_KEY),
+def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, checks: RequestChecks) -> DataFrame:
+    """One row per request: query, context, the padded, slot-ordered slate arrays, and the
+    request's rule counts (``check_*``). This is the one pass over the log.
+
+    Rows beyond ``max_slate_size`` are counted but not collected, so a very long request
+    (infinite scroll) costs a counter, not a huge array.
+    """
+    k = max_slate_size
+    d = checks.num_features
+    entry = F.when(
+        F.col(cols.position) <= k,
         F.struct(
             F.col(cols.position).cast("int").alias("position"),
             F.col(cols.item_id).cast("string").alias("item_id"),
             F.col(cols.features).cast(T.ArrayType(T.FloatType())).alias("features"),
             F.col(cols.clicked).cast("int").alias("clicked"),
-        ).alias("entry"),
+        ),
     )
-    per_request = shown.groupBy("request_id").agg(
-        F.first(S.QUERY_ID).alias(S.QUERY_ID),
-        F.first(S.CONTEXT_KEY).alias(S.CONTEXT_KEY),
-        # Structs sort by their first field, the position.
-        F.array_sort(F.collect_list("entry")).alias("slate"),
+    per_request = log.groupBy(F.col(cols.request_id).alias("request_id")).agg(
+        # Structs sort by their first field, the position; collect_list skips the nulls.
+        F.array_sort(F.collect_list(entry)).alias("slate"),
+        *checks.aggregates(),
     )
 
     def padded(expr: str, pad: str) -> F.Column:
         return F.expr(f"transform(sequence(0, {k - 1}), i -> coalesce(get(slate, i).{expr}, {pad}))")
 
     return per_request.select(
-        S.QUERY_ID,
-        S.CONTEXT_KEY,
+        F.col("min_query").alias(S.QUERY_ID),
+        F.col("min_context").alias(S.CONTEXT_KEY),
         F.size("slate").cast("int").alias(S.SLATE_SIZE),
         padded("item_id", "''").alias(S.ITEM_IDS),
         padded("position", "0").alias(S.POSITIONS),
         F.flatten(padded("features", f"array_repeat(cast(0 as float), {d})")).alias(S.FEATURES),
         padded("clicked", "0").alias("request_clicks"),
+        *checks.counts(),
     )
 
 
+SLATE_KEY = [S.QUERY_ID, S.CONTEXT_KEY, S.SLATE_SIZE, S.ITEM_IDS, S.POSITIONS, S.FEATURES]
+
+
 def merge_identical_slates(slates: DataFrame, max_slate_size: int) -> DataFrame:
-    """Merge requests that showed the same slate in the same context into weighted rows."""
-    key = [S.QUERY_ID, S.CONTEXT_KEY, S.SLATE_SIZE, S.ITEM_IDS, S.POSITIONS, S.FEATURES]
+    """Merge requests that showed the same slate in the same context into weighted rows.
+
+    Counts and sums are combined map-side before the shuffle, so a hot query that repeats one
+    slate millions of times leaves each task as one partial row.
+    """
+    checks = RequestChecks.count_columns(slates)
     sums = [F.sum(F.col("request_clicks")[i]).alias(f"c{i}") for i in range(max_slate_size)]
-    merged = slates.groupBy(*key).agg(F.count(F.lit(1)).alias(S.IMPRESSIONS), *sums)
+    merged = slates.groupBy(*SLATE_KEY).agg(
+        F.count(F.lit(1)).alias(S.IMPRESSIONS), *sums, *[F.sum(c).alias(c) for c in checks]
+    )
     clicks = F.array(*[F.col(f"c{i}").cast("int") for i in range(max_slate_size)])
-    return merged.select(*key, F.col(S.IMPRESSIONS).cast("long"), clicks.alias(S.CLICKS))
+    return merged.select(*SLATE_KEY, F.col(S.IMPRESSIONS).cast("long"), clicks.alias(S.CLICKS), *checks)
+
+
+def unmerged_slates(slates: DataFrame) -> DataFrame:
+    """One row per request (weight 1): what training sees without merging."""
+    checks = RequestChecks.count_columns(slates)
+    return slates.select(
+        *SLATE_KEY, F.lit(1).cast("long").alias(S.IMPRESSIONS), F.col("request_clicks").alias(S.CLICKS), *checks
+    )
 
 
 def context_vocabulary(examples: DataFrame) -> dict[str, int]:
@@ -102,47 +125,78 @@ def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
     )
 
 
-def share_of_pairs_in_several_slots(log: DataFrame, cols: LogColumns) -> float:
-    """Share of (query, item) pairs the log shows in two or more different slots."""
-    per_pair = log.groupBy(cols.query_id, cols.item_id).agg(F.countDistinct(cols.position).alias("slots"))
+def share_of_pairs_in_several_slots(examples: DataFrame) -> float:
+    """Share of (query, item) pairs shown in two or more different slots (slots up to the cap),
+    read from the examples, which are much smaller than the log."""
+    entries = examples.select(
+        S.QUERY_ID, F.explode(F.arrays_zip(F.col(S.ITEM_IDS).alias("item"), F.col(S.POSITIONS).alias("slot"))).alias("e")
+    ).where(F.col("e.slot") > 0)
+    per_pair = entries.groupBy(S.QUERY_ID, F.col("e.item").alias("item")).agg(
+        F.countDistinct(F.col("e.slot")).alias("slots")
+    )
     row = per_pair.agg(F.avg((F.col("slots") > 1).cast("double")).alias("share")).first()
     return float(row["share"] or 0.0)
 
 
 def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
-    """Validate the log, build the examples and write them in one transaction."""
+    """Validate the log, build the examples and write them in one transaction.
+
+    The log is read once: the rules are counted inside the per-request aggregation, the
+    merged rows are cached, and nothing is written unless every rule holds.
+    """
     cols, k = config.columns, config.examples.max_slate_size
     log = read_table(spark, config.tables.path("impressions"))
-    summary: LogSummary = validate_log(log, cols)
-    beyond = log.where(F.col(cols.position) > k).count()
-    if beyond:
-        print(f"build-examples: {beyond} log row(s) sit beyond max_slate_size={k} and are not used")
+    total = log.count()  # answered from the Delta log's file statistics, not a scan
+    if total == 0:
+        raise InvalidLogError([Violation("<all>", "the log must not be empty", 0)], 0)
+    broken_schema = schema_violations(log, cols, total)
+    if broken_schema:
+        raise InvalidLogError(broken_schema, total)
 
-    share = share_of_pairs_in_several_slots(log, cols)
-    if share < MIN_SHARE_IN_SEVERAL_SLOTS:
-        print(
-            f"build-examples: WARNING only {share:.1%} of (query, item) pairs were shown in more than one slot; "
-            "unless item features overlap across slots, the bias and relevance towers cannot be told apart"
-        )
-    slates = requests_to_slates(log, cols, k, summary.num_features)
-    merged = merge_identical_slates(slates, k).cache()
+    set_shuffle_partitions(spark, table_bytes(spark, config.tables.path("impressions")), config.spark.shuffle_partitions)
+    checks = RequestChecks(cols, sampled_feature_length(log, cols), k)
+    slates = requests_to_slates(log, cols, k, checks)
+    merged = merge_identical_slates(slates, k) if config.examples.merge_identical_slates else unmerged_slates(slates)
+    merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        examples = with_context_ids(merged, context_vocabulary(merged)).repartition(config.examples.partitions)
+        check_columns = RequestChecks.count_columns(merged)
+        totals = merged.agg(
+            F.count(F.lit(1)).alias("examples"),
+            F.sum(S.IMPRESSIONS).alias("requests"),
+            *[F.sum(c).alias(c) for c in check_columns],
+        ).first()
+        broken = checks.violations(totals)
+        if broken:
+            raise InvalidLogError(broken, total)
+        share = share_of_pairs_in_several_slots(merged)
+        if share < MIN_SHARE_IN_SEVERAL_SLOTS:
+            print(
+                f"build-examples: WARNING only {share:.1%} of (query, item) pairs were shown in more than one slot; "
+                "unless item features overlap across slots, the bias and relevance towers cannot be told apart"
+            )
+        beyond = int(totals["check_beyond_rows"])
+        if beyond:
+            print(f"build-examples: {beyond} log row(s) sit beyond max_slate_size={k} and are not used")
+        files = example_files(
+            int(totals["examples"]) * example_row_bytes(k, checks.num_features),
+            config.train.num_processes,
+            config.examples.partitions,
+        )
+        examples = with_context_ids(merged, context_vocabulary(merged)).repartition(files)
         # The vocabulary travels inside the examples (context_id next to context_key), so one
         # transaction writes everything the trainer needs.
         overwrite_table(examples, config.tables.path("examples"), run_id)
+        contexts = merged.select(S.CONTEXT_KEY).distinct().count()
     finally:
         merged.unpersist()
-    written = read_table(spark, config.tables.path("examples"))
-    n_examples = written.count()
-    contexts = written.select(S.CONTEXT_ID).distinct().count()
+    n_examples, requests = int(totals["examples"]), int(totals["requests"])
     return ExamplesSummary(
-        log_rows=summary.rows,
-        requests=summary.requests,
+        log_rows=int(totals["check_log_rows"]),
+        requests=requests,
         rows_beyond_max_slate=beyond,
         examples=n_examples,
-        num_features=summary.num_features,
+        num_features=checks.num_features,
         contexts=contexts,
         share_of_pairs_in_several_slots=share,
-        compression=summary.requests / n_examples if n_examples else 0.0,
+        compression=requests / n_examples if n_examples else 0.0,
     )

@@ -8,7 +8,6 @@ process of the distributed job then reads its own shard, chosen by the *global* 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -17,6 +16,7 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 
 from ulr_spark import schema as S
+from ulr_spark.sizing import PetastormLayout
 
 
 def quiet_petastorm_warnings() -> None:
@@ -45,23 +45,19 @@ class SlateBatch:
         )
 
 
-def balanced_partitions(requested: int, world_size: int) -> int:
-    """The smallest multiple of ``world_size`` that is at least ``requested``."""
-    return max(1, math.ceil(requested / world_size)) * world_size
-
-
-def make_converter(spark: SparkSession, examples: DataFrame, cache_dir_url: str, partitions: int, world_size: int):
+def make_converter(spark: SparkSession, examples: DataFrame, cache_dir_url: str, layout: PetastormLayout):
     """Materialise the training columns into Petastorm's cache and return the converter.
 
     Petastorm shards by Parquet row group, so unequal files give unequal shards, and with
     endless epochs a rank on a small shard repeats it and overfits. A round-robin repartition
-    into a multiple of the world size gives every rank the same number of rows.
+    into a multiple of the world size gives every rank the same number of rows, and the row
+    group size gives every rank several row groups (see :mod:`ulr_spark.sizing`).
     """
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_dir_url)
     columns = examples.select(*S.TRAINING_COLUMNS)
-    return make_spark_converter(columns.repartition(balanced_partitions(partitions, world_size)))
+    return make_spark_converter(columns.repartition(layout.files), parquet_row_group_size_bytes=layout.row_group_bytes)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import uuid
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,6 +22,7 @@ from ulr_spark.artifacts import run_artifacts, weights_bytes
 from ulr_spark.config import Config
 from ulr_spark.delta_io import read_table, replace_rows, sql_string
 from ulr_spark.models import ModelSpec, build_model
+from ulr_spark.sizing import set_shuffle_partitions, table_bytes
 
 SCORE_SCHEMA = T.StructType(
     [
@@ -32,6 +32,21 @@ SCORE_SCHEMA = T.StructType(
         T.StructField(S.SCORE, T.DoubleType(), False),
     ]
 )
+
+def _score_arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field(S.QUERY_ID, pa.string(), False),
+            pa.field(S.ITEM_ID, pa.string(), False),
+            pa.field(S.MODEL, pa.string(), False),
+            pa.field(S.SCORE, pa.float64(), False),
+        ]
+    )
+
+
+SCORE_ARROW_SCHEMA = _score_arrow_schema()
 
 # Models rebuilt in this Python worker, keyed by a token of the broadcast: one rebuild per
 # worker and scoring job, however many batches it scores.
@@ -53,30 +68,60 @@ def _models_from_broadcast(broadcast) -> list:
     return _WORKER_MODELS[token]
 
 
+def feature_matrix(features, num_features: int) -> np.ndarray:
+    """An Arrow list<float> column as a [rows, num_features] float32 matrix, without a copy
+    per row (the list values are one contiguous buffer)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(features)
+    broken = len(features) - pc.sum(pc.equal(lengths, num_features)).as_py() if len(features) else 0
+    if broken or features.null_count:
+        raise ValueError(
+            f"score: column '{S.FEATURES}' must hold {num_features} values per row (the model's input), "
+            f"broken by {max(broken, features.null_count)} row(s) in a batch"
+        )
+    values = pc.list_flatten(features)
+    if values.type != pa.float32():
+        values = values.cast(pa.float32())
+    return values.to_numpy(zero_copy_only=False).reshape(len(features), num_features)
+
+
 def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: int) -> DataFrame:
-    """(query_id, item_id, features) -> (query_id, item_id, model, score) for every model."""
+    """(query_id, item_id, features) -> (query_id, item_id, model, score) for every model.
+
+    Arrow batches go straight to torch (``mapInArrow``): the ids pass through untouched and
+    the features are read from the list column's value buffer.
+    """
+    import pyarrow as pa
+
     payload = [(a.spec.to_dict(), weights_bytes(a)) for a in artifacts]
     broadcast = spark.sparkContext.broadcast((uuid.uuid4().hex, payload))
 
-    def apply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         models = _models_from_broadcast(broadcast)
-        for frame in batches:
-            if frame.empty:
+        for batch in batches:
+            if batch.num_rows == 0:
                 continue
-            features = torch.from_numpy(np.stack(frame[S.FEATURES].to_numpy()).astype(np.float32))
+            query_ids, item_ids = batch.column(S.QUERY_ID), batch.column(S.ITEM_ID)
+            features = torch.from_numpy(feature_matrix(batch.column(S.FEATURES), models[0].spec.num_features))
             with torch.no_grad():
                 for model in models:
-                    yield pd.DataFrame(
-                        {
-                            S.QUERY_ID: frame[S.QUERY_ID].to_numpy(),
-                            S.ITEM_ID: frame[S.ITEM_ID].to_numpy(),
-                            S.MODEL: model.spec.name,
-                            S.SCORE: model.relevance(features).double().numpy(),
-                        }
+                    yield pa.RecordBatch.from_arrays(
+                        [
+                            query_ids,
+                            item_ids,
+                            pa.array([model.spec.name] * batch.num_rows, pa.string()),
+                            pa.array(model.relevance(features).double().numpy()),
+                        ],
+                        schema=SCORE_ARROW_SCHEMA,
                     )
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    return pairs.select(S.QUERY_ID, S.ITEM_ID, S.FEATURES).mapInPandas(apply, SCORE_SCHEMA)
+    columns = pairs.select(
+        F.col(S.QUERY_ID).cast("string"), F.col(S.ITEM_ID).cast("string"), F.col(S.FEATURES).cast(T.ArrayType(T.FloatType()))
+    )
+    return columns.mapInArrow(apply, SCORE_SCHEMA)
 
 
 def pairs_to_score(config: Config, spark: SparkSession) -> DataFrame:
@@ -84,7 +129,9 @@ def pairs_to_score(config: Config, spark: SparkSession) -> DataFrame:
     if config.score.source == "candidates":
         return read_table(spark, config.tables.path("candidates")).select(S.QUERY_ID, S.ITEM_ID, S.FEATURES)
     cols = config.columns
-    log = read_table(spark, config.tables.path("impressions"))
+    path = config.tables.path("impressions")
+    set_shuffle_partitions(spark, table_bytes(spark, path), config.spark.shuffle_partitions)
+    log = read_table(spark, path)
     # Feature values may differ between impressions of a pair; the latest is not knowable
     # without a timestamp, so take one deterministic representative per pair.
     return (

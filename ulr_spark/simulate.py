@@ -2,9 +2,11 @@
 
 The catalogue (queries, their candidate items, features and true labels) is small and drawn on
 the driver with numpy, from a hidden function of synthetic features or from a LETOR file. The
-log itself is generated in Spark: every request picks a query, the logging ranker scores the
-query's candidates with per-request noise and shows its top ``slate_size``, and clicks follow
-the scenario (see :func:`shown_items`); under ``pbm``
+log itself is generated in Spark, without a shuffle: every request picks a query (uniformly, or
+by Zipf popularity so that head queries repeat), the logging ranker scores the query's
+candidates and shows its top ``slate_size``, and clicks follow the scenario (see
+:func:`shown_items`). A ``randomised_share`` of requests get fresh ranker noise; the others
+repeat the query's usual slate, as production logs do. Under ``pbm``
 
     P(click | slot k, item) = theta_k ** eta * (eps + (1 - eps) * (2 ** y - 1) / 15).
 
@@ -12,8 +14,8 @@ Truth: the relevance label y comes from a hidden non-linear function f of the fe
 per-query offset. The logging ranker scores ``relevance_weight * f(x) + distractor_weight *
 u(x) + noise``, where u is a feature direction unrelated to relevance. Clicks therefore
 over-reward items with a high u(x) only through their better slots: a naive model learns u,
-a debiased one should not. The per-request noise moves items across slots, which is what makes
-relevance and position identifiable (Hager et al., 2025).
+a debiased one should not. The per-request noise of the randomised requests moves items across
+slots, which is what makes relevance and position identifiable (Hager et al., 2025).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.window import Window
 
 from ulr_spark import schema as S
 from ulr_spark.config import Config, LogColumns, SimulateConfig
@@ -179,20 +180,64 @@ def hashed_normal(*columns: F.Column, salt: int) -> F.Column:
 
 def _neighbour_attraction(grid_columns: int) -> F.Column:
     """The largest attraction among the slot's neighbours on the page (0 when it has none):
-    the slots just before and after it in a list; left, right, above and below on a grid."""
-    in_request = Window.partitionBy("request_index").orderBy("slot")
-    a = F.col("attraction")
+    the slots just before and after it in a list; left, right, above and below on a grid.
+
+    Reads the page's ``attractions`` array at the 0-based ``index`` of the slot; ``get``
+    returns null outside the array, which counts as no neighbour."""
+    a, i = F.col("attractions"), F.col("index")
     if grid_columns <= 0:
-        neighbours = [F.lag(a, 1).over(in_request), F.lead(a, 1).over(in_request)]
+        neighbours = [F.get(a, i - 1), F.get(a, i + 1)]
     else:
-        column = F.pmod(F.col("slot") - 1, F.lit(grid_columns)) + 1
+        column = F.pmod(i, F.lit(grid_columns))
         neighbours = [
-            F.when(column > 1, F.lag(a, 1).over(in_request)),
-            F.when(column < grid_columns, F.lead(a, 1).over(in_request)),
-            F.lag(a, grid_columns).over(in_request),
-            F.lead(a, grid_columns).over(in_request),
+            F.when(column > 0, F.get(a, i - 1)),
+            F.when(column < grid_columns - 1, F.get(a, i + 1)),
+            F.get(a, i - grid_columns),
+            F.get(a, i + grid_columns),
         ]
     return F.greatest(*[F.coalesce(n, F.lit(0.0)) for n in neighbours])
+
+
+def _query_rank(cfg: SimulateConfig, n_train: int) -> F.Column:
+    """The popularity rank (0-based) of the training query a request asks.
+
+    zipf: the inverse CDF of the density x ** -s on [1, n + 1), floored, so that rank r (1-based)
+    has probability close to r ** -s / H(n, s): a few head queries take most requests.
+    """
+    if cfg.query_popularity == "uniform":
+        return F.pmod(F.xxhash64(F.col("id"), F.lit(cfg.seed)), F.lit(n_train))
+    u = hashed_uniform(F.col("id"), salt=cfg.seed + 17)
+    s, top = cfg.zipf_exponent, float(n_train + 1)
+    if abs(s - 1.0) < 1e-9:
+        x = F.exp(u * float(np.log(top)))
+    else:
+        x = F.pow(1.0 + u * (top ** (1.0 - s) - 1.0), 1.0 / (1.0 - s))
+    return F.least(F.floor(x).cast("long") - 1, F.lit(n_train - 1))
+
+
+def _ranked_slate(cfg: SimulateConfig) -> F.Column:
+    """The top ``slate_size`` of the request's ``candidates`` array under the logging ranker.
+
+    A randomised request adds fresh noise per (request, item); the others add the ranker's
+    fixed error per item, so they all show the query's usual slate. Only (key, index) pairs
+    are sorted, and the chosen candidates are picked by index afterwards.
+    """
+    lr = cfg.logging_ranker
+    if cfg.randomised_share >= 1.0:
+        randomised = F.lit(True)
+    else:
+        randomised = hashed_uniform(F.col("request_index"), salt=cfg.seed + 13) < cfg.randomised_share
+
+    def sort_key(candidate: F.Column, index: F.Column) -> F.Column:
+        fresh = hashed_normal(F.col("request_index"), candidate[S.ITEM_ID], salt=cfg.seed)
+        fixed = hashed_normal(candidate[S.ITEM_ID], salt=cfg.seed + 11)
+        noise = F.when(randomised, fresh).otherwise(fixed)
+        score = candidate["base_score"] + F.lit(lr.noise) * noise
+        return F.struct((-score).alias("key"), index.alias("index"))
+
+    order = F.array_sort(F.transform(F.col("candidates"), sort_key))
+    top = F.slice(order, 1, cfg.slate_size)
+    return F.transform(top, lambda entry: F.element_at(F.col("candidates"), entry["index"] + 1))
 
 
 def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> DataFrame:
@@ -202,45 +247,67 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
     - context: theta_k * (1 - neighbour_effect * max neighbour attraction) * P(attracted | y).
     - mixture: as pbm, except that a ``mixture_share`` of requests click slot k with
       probability ``mixture_top_clicks[k]`` whatever they show.
+
+    Each request joins its query's candidate array (broadcast), ranks it with array functions
+    and explodes the top ``slate_size``: no shuffle, so the log grows in Spark at the speed of
+    a scan and nothing about it is held on the driver.
     """
     cfg = config.simulate
     catalogue = truth.catalogue
     train = catalogue[catalogue[S.SPLIT] == S.SPLIT_TRAIN].copy()
     train_queries = np.sort(train["query_index"].unique())
-    # Requests pick a training query uniformly: dense index -> query_index.
+    # Dense index of the training queries, which is also their popularity rank.
     train["train_rank"] = np.searchsorted(train_queries, train["query_index"].to_numpy())
     train["attraction"] = attraction(train[S.LABEL].to_numpy(), cfg.click_noise)
     lr = cfg.logging_ranker
     train["base_score"] = lr.relevance_weight * train["relevance"] + lr.distractor_weight * train["distractor"]
-    candidates = spark.createDataFrame(
-        train[["train_rank", S.QUERY_ID, S.ITEM_ID, S.FEATURES, "attraction", "base_score"]]
+    train = train.sort_values(["train_rank", S.ITEM_ID])
+    per_query = (
+        spark.createDataFrame(train[["train_rank", S.QUERY_ID, S.ITEM_ID, S.FEATURES, "attraction", "base_score"]])
+        .groupBy("train_rank")
+        .agg(
+            F.first(S.QUERY_ID).alias(S.QUERY_ID),
+            F.array_sort(
+                F.collect_list(F.struct(S.ITEM_ID, S.FEATURES, "attraction", "base_score"))
+            ).alias("candidates"),
+        )
     )
 
-    exam = F.array(*[F.lit(float(v)) for v in truth.examination])
     n_train = len(train_queries)
     requests = spark.range(0, cfg.num_requests, numPartitions=cfg.partitions).select(
         F.col("id").alias("request_index"),
-        F.pmod(F.xxhash64(F.col("id"), F.lit(cfg.seed)), F.lit(n_train)).alias("train_rank"),
-        F.date_add(F.lit(cfg.start_date).cast("date"), F.pmod(F.col("id"), F.lit(cfg.days)).cast("int")).alias(
-            "event_date"
-        ),
+        _query_rank(cfg, n_train).alias("train_rank"),
+        # Consecutive request ids share a day, so each task writes one or two date partitions.
+        F.date_add(
+            F.lit(cfg.start_date).cast("date"),
+            F.floor(F.col("id") * cfg.days / cfg.num_requests).cast("int"),
+        ).alias("event_date"),
     )
-    shown = (
-        requests.join(F.broadcast(candidates), "train_rank")
-        .withColumn(
-            "logged_score",
-            F.col("base_score") + F.lit(lr.noise) * hashed_normal(F.col("request_index"), F.col(S.ITEM_ID), salt=cfg.seed),
+    pages = (
+        requests.join(F.broadcast(per_query), "train_rank")
+        .withColumn("slate", _ranked_slate(cfg))
+        .select(
+            "request_index",
+            S.QUERY_ID,
+            "event_date",
+            F.transform("slate", lambda entry: entry["attraction"]).alias("attractions"),
+            F.posexplode("slate").alias("index", "entry"),
         )
-        .withColumn(
-            "slot",
-            F.row_number().over(Window.partitionBy("request_index").orderBy(F.desc("logged_score"), S.ITEM_ID)),
-        )
-        .where(F.col("slot") <= cfg.slate_size)
     )
-    examination = F.element_at(exam, F.col("slot"))
+    exam = F.array(*[F.lit(float(v)) for v in truth.examination])
+    examination = F.element_at(exam, F.col("index") + 1)
     if cfg.scenario == "context":
         examination = examination * (1.0 - cfg.neighbour_effect * _neighbour_attraction(config.examples.grid_columns))
-    shown = shown.withColumn("examination", examination)
+    shown = pages.select(
+        "request_index",
+        S.QUERY_ID,
+        "event_date",
+        (F.col("index") + 1).alias("slot"),
+        F.col("entry")[S.ITEM_ID].alias(S.ITEM_ID),
+        F.col("entry")[S.FEATURES].alias(S.FEATURES),
+        F.col("entry")["attraction"].alias("attraction"),
+        examination.alias("examination"),
+    )
     p_click = F.col("examination") * F.col("attraction")
     if cfg.scenario == "mixture":
         top = cfg.mixture_top_clicks + [0.0] * max(0, cfg.slate_size - len(cfg.mixture_top_clicks))

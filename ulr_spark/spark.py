@@ -14,6 +14,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from ulr_spark.config import SparkConfig
+from ulr_spark.sizing import session_settings
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -35,12 +36,14 @@ def get_spark(config: SparkConfig) -> SparkSession:
     if active is not None:
         return active
     if under_spark_submit():
-        spark = (
+        builder = (
             SparkSession.builder.appName(config.app_name)
             .config("spark.sql.extensions", DELTA_EXTENSION)
             .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
-            .getOrCreate()
         )
+        for key, value in session_settings().items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("WARN")
         return spark
     # Workers must run the same interpreter as the driver (the project's virtualenv).
@@ -53,14 +56,13 @@ def get_spark(config: SparkConfig) -> SparkSession:
         .config("spark.sql.extensions", DELTA_EXTENSION)
         .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
         .config("spark.sql.shuffle.partitions", str(config.shuffle_partitions))
-        .config("spark.sql.adaptive.enabled", "true")
         .config("spark.driver.memory", config.driver_memory)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
         # Delta's own retention checks stay on; only schema auto-merge is left off on purpose.
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
     )
-    for key, value in config.conf.items():
+    for key, value in {**session_settings(), **config.conf}.items():
         builder = builder.config(key, value)
 
     from delta import configure_spark_with_delta_pip

@@ -26,6 +26,7 @@ from ulr_spark.config import Config
 from ulr_spark.delta_io import read_table, replace_rows, sql_string
 from ulr_spark.loaders import SlateBatch, make_converter, quiet_petastorm_warnings, shard_batches
 from ulr_spark.models import MODEL_CLASSES, ModelSpec, PageSample, TrainingObjective, build_model
+from ulr_spark.sizing import is_shared_storage, petastorm_layout, table_bytes
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,13 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     )
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
-    converter = make_converter(spark, examples, cache_url, config.examples.partitions, tc.num_processes)
+    if not spark.sparkContext.master.startswith("local") and not is_shared_storage(cache_url):
+        print(
+            f"train: WARNING tables.petastorm_cache is {cache_url}, a local path, on a cluster: every training "
+            "process reads it, so it must be shared storage (dbfs:/, s3a://, abfss://, hdfs://) or a shared mount"
+        )
+    layout = petastorm_layout(table_bytes(spark, tables.path("examples")), tc.num_processes, config.examples.partitions)
+    converter = make_converter(spark, examples, cache_url, layout)
     jobs = []
     for name in tc.models:
         card = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -42,13 +42,6 @@ class InvalidLogError(ValueError):
         )
 
 
-@dataclass(frozen=True)
-class LogSummary:
-    rows: int
-    requests: int
-    num_features: int
-
-
 def _type_rule(field: T.StructField, column: str, cols: LogColumns) -> str | None:
     """The type rule a column breaks, or None."""
     dtype = field.dataType
@@ -75,41 +68,43 @@ def context_key(cols: LogColumns):
     return F.concat_ws("|", *parts)
 
 
-def validate_log(log: DataFrame, cols: LogColumns) -> LogSummary:
-    """Raise :class:`InvalidLogError` unless every rule holds; return a summary otherwise."""
+def schema_violations(log: DataFrame, cols: LogColumns, total_rows: int) -> list[Violation]:
+    """Missing columns and wrong types: every row breaks these, and no data pass is needed."""
     required = [cols.request_id, cols.query_id, cols.item_id, cols.position, cols.clicked, cols.features]
     required += list(cols.context)
     fields = {f.name: f for f in log.schema.fields}
-
-    total = log.count()
-    if total == 0:
-        raise InvalidLogError([Violation("<all>", "the log must not be empty", 0)], 0)
-
-    schema_violations = [
-        Violation(c, "required column is missing (every row lacks it)", total) for c in required if c not in fields
+    violations = [
+        Violation(c, "required column is missing (every row lacks it)", total_rows) for c in required if c not in fields
     ]
     for c in required:
         if c in fields:
             rule = _type_rule(fields[c], c, cols)
             if rule:
-                schema_violations.append(Violation(c, rule, total))
-    if schema_violations:
-        raise InvalidLogError(schema_violations, total)
+                violations.append(Violation(c, rule, total_rows))
+    return violations
 
+
+def sampled_feature_length(log: DataFrame, cols: LogColumns, sample_rows: int = 1000) -> int:
+    """The most common length of the features array in the first rows of the log.
+
+    Reading a sample instead of the whole log saves a pass over it; every row whose length
+    differs is then counted by :func:`row_rules`, so a wrong guess cannot go unnoticed.
+    """
+    lengths = (
+        log.where(F.col(cols.features).isNotNull())
+        .select(F.size(cols.features).alias("n"))
+        .limit(sample_rows)
+        .toPandas()["n"]
+    )
+    return int(lengths.mode().min()) if len(lengths) else 0
+
+
+def row_rules(cols: LogColumns, num_features: int) -> list[tuple[str, str, Column]]:
+    """(column, rule, condition that marks a row breaking it) for the rules on single rows."""
     clicked = F.col(cols.clicked).cast("int")
     features = F.col(cols.features)
     length = F.size(features)
-    sizes = (
-        log.where(features.isNotNull())
-        .groupBy(length.alias("n"))
-        .count()
-        .orderBy(F.desc("count"), "n")
-        .limit(1)
-        .collect()
-    )
-    num_features = sizes[0]["n"] if sizes else 0
-
-    row_rules = [
+    return [
         (cols.request_id, "must not be null", F.col(cols.request_id).isNull()),
         (cols.query_id, "must not be null", F.col(cols.query_id).isNull()),
         (cols.item_id, "must not be null", F.col(cols.item_id).isNull()),
@@ -119,52 +114,81 @@ def validate_log(log: DataFrame, cols: LogColumns) -> LogSummary:
         (cols.features, "must not be null", features.isNull()),
         (
             cols.features,
-            f"must hold {num_features} values (the most common length), none of them null or NaN",
+            f"must hold {num_features} values (the length of the first rows), none of them null or NaN",
             features.isNotNull()
-            & (
-                (length != num_features)
-                | F.exists(features, lambda v: v.isNull() | F.isnan(v.cast("double")))
-            ),
+            & ((length != num_features) | F.exists(features, lambda v: v.isNull() | F.isnan(v.cast("double")))),
         ),
     ]
-    counts = log.agg(
-        *[F.sum(F.when(cond, 1).otherwise(0)).alias(f"r{i}") for i, (_, _, cond) in enumerate(row_rules)]
-    ).first()
-    violations = [Violation(c, rule, int(counts[f"r{i}"])) for i, (c, rule, _) in enumerate(row_rules)]
 
-    keyed = log.where(F.col(cols.request_id).isNotNull() & F.col(cols.position).isNotNull())
-    duplicated_slots = (
-        keyed.groupBy(cols.request_id, cols.position)
-        .count()
-        .where(F.col("count") > 1)
-        .agg(F.sum("count").alias("rows"))
-        .first()["rows"]
-    )
-    violations.append(
-        Violation(cols.position, f"must be unique within a request ('{cols.request_id}'): two items in one slot",
-                  int(duplicated_slots or 0))
-    )
-    per_request = keyed.groupBy(cols.request_id).agg(
-        F.count(F.lit(1)).alias("n"),
-        F.countDistinct(cols.query_id).alias("queries"),
-        F.countDistinct(context_key(cols)).alias("contexts"),
-    )
-    request_counts = per_request.agg(
-        F.count(F.lit(1)).alias("requests"),
-        F.sum(F.when(F.col("queries") > 1, F.col("n")).otherwise(0)).alias("multi_query"),
-        F.sum(F.when(F.col("contexts") > 1, F.col("n")).otherwise(0)).alias("multi_context"),
-    ).first()
-    violations.append(
-        Violation(cols.query_id, f"must be the same for all rows of a request ('{cols.request_id}')",
-                  int(request_counts["multi_query"] or 0))
-    )
-    if cols.context:
-        violations.append(
-            Violation(",".join(cols.context), "context must be the same for all rows of a request",
-                      int(request_counts["multi_context"] or 0))
+
+class RequestChecks:
+    """The rules, computed inside the per-request aggregation that builds the slates, so that
+    checking the log costs no pass of its own.
+
+    :meth:`aggregates` go into ``groupBy(request_id).agg``; :meth:`counts` turn them into
+    per-request counts of rule-breaking rows (columns ``check_*``), which add up across
+    requests and merged slates; :meth:`violations` reads the totals.
+    """
+
+    def __init__(self, cols: LogColumns, num_features: int, max_slate_size: int):
+        self.cols = cols
+        self.num_features = num_features
+        self.rules = row_rules(cols, num_features)
+        self.max_slate_size = max_slate_size
+
+    def aggregates(self) -> list[Column]:
+        cols = self.cols
+        out = [F.sum(F.when(cond, 1).otherwise(0)).alias(f"rule{i}") for i, (_, _, cond) in enumerate(self.rules)]
+        return out + [
+            F.count(F.lit(1)).alias("log_rows"),
+            F.sum(F.when(F.col(cols.position) > self.max_slate_size, 1).otherwise(0)).alias("beyond_rows"),
+            F.array_sort(F.collect_list(cols.position)).alias("all_positions"),
+            F.min(F.col(cols.query_id).cast("string")).alias("min_query"),
+            F.max(F.col(cols.query_id).cast("string")).alias("max_query"),
+            F.min(context_key(cols)).alias("min_context"),
+            F.max(context_key(cols)).alias("max_context"),
+        ]
+
+    def counts(self) -> list[Column]:
+        rows = F.col("log_rows")
+        # On the sorted positions, a row shares its slot when a neighbour has the same value.
+        p = F.col("all_positions")
+        shared_slot = F.size(
+            F.filter(
+                F.sequence(F.lit(0), F.greatest(F.size(p) - 1, F.lit(0))),
+                lambda i: (F.get(p, i) == F.get(p, i - 1)) | (F.get(p, i) == F.get(p, i + 1)),
+            )
         )
+        request_keyed = F.col("request_id").isNotNull()
+        out = [F.col(f"rule{i}").cast("long").alias(f"check_rule{i}") for i in range(len(self.rules))]
+        return out + [
+            rows.cast("long").alias("check_log_rows"),
+            F.col("beyond_rows").cast("long").alias("check_beyond_rows"),
+            F.when(request_keyed, shared_slot).otherwise(0).cast("long").alias("check_shared_slot"),
+            F.when(request_keyed & (F.col("min_query") != F.col("max_query")), rows).otherwise(0).cast("long")
+            .alias("check_multi_query"),
+            F.when(request_keyed & (F.col("min_context") != F.col("max_context")), rows).otherwise(0).cast("long")
+            .alias("check_multi_context"),
+        ]
 
-    broken = [v for v in violations if v.rows > 0]
-    if broken:
-        raise InvalidLogError(broken, total)
-    return LogSummary(rows=total, requests=int(request_counts["requests"]), num_features=num_features)
+    @staticmethod
+    def count_columns(frame: DataFrame) -> list[str]:
+        return [c for c in frame.columns if c.startswith("check_")]
+
+    def violations(self, totals) -> list[Violation]:
+        cols = self.cols
+        found = [Violation(c, rule, int(totals[f"check_rule{i}"] or 0)) for i, (c, rule, _) in enumerate(self.rules)]
+        found.append(
+            Violation(cols.position, f"must be unique within a request ('{cols.request_id}'): two items in one slot",
+                      int(totals["check_shared_slot"] or 0))
+        )
+        found.append(
+            Violation(cols.query_id, f"must be the same for all rows of a request ('{cols.request_id}')",
+                      int(totals["check_multi_query"] or 0))
+        )
+        if cols.context:
+            found.append(
+                Violation(",".join(cols.context), "context must be the same for all rows of a request",
+                          int(totals["check_multi_context"] or 0))
+            )
+        return [v for v in found if v.rows > 0]

@@ -1,0 +1,98 @@
+"""Spark and Petastorm settings that follow the size of the data (docs/scaling.md).
+
+- Shuffle partitions: from the bytes a stage reads, about ``TARGET_SHUFFLE_PARTITION_BYTES``
+  each, never fewer than two per core; adaptive query execution (AQE) then coalesces the small
+  ones at run time, so setting too many costs little and too few spills.
+- Example files and Petastorm row groups: Petastorm shards by row group, so every training
+  process needs several row groups of similar size, and the number of files is a multiple of
+  the world size.
+- Skew: the per-request aggregation keeps at most ``max_slate_size`` entries of a very long
+  request, and the merge aggregation combines hot slates map-side, so neither needs AQE's
+  skew-join splitting, which only acts on joins; it stays on for the joins of ``score``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+MIB = 1024 * 1024
+TARGET_SHUFFLE_PARTITION_BYTES = 128 * MIB
+ADVISORY_PARTITION_BYTES = 64 * MIB
+TARGET_EXAMPLE_FILE_BYTES = 128 * MIB
+MAX_ROW_GROUP_BYTES = 32 * MIB
+MIN_ROW_GROUP_BYTES = 1 * MIB
+ROW_GROUPS_PER_PROCESS = 4
+
+
+def session_settings() -> dict[str, str]:
+    """AQE settings every session gets (the shuffle partition count is set per stage)."""
+    return {
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(ADVISORY_PARTITION_BYTES),
+        "spark.sql.adaptive.skewJoin.enabled": "true",
+    }
+
+
+def table_bytes(spark: SparkSession, path: str) -> int:
+    """Size of a Delta table's current snapshot, from its log (no scan)."""
+    from delta.tables import DeltaTable
+
+    detail = DeltaTable.forPath(spark, path).detail().select("sizeInBytes").first()
+    return int(detail["sizeInBytes"] or 0)
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    return max(1, spark.sparkContext.defaultParallelism)
+
+
+def shuffle_partitions(input_bytes: int, cores: int, minimum: int = 1) -> int:
+    """Partitions of about TARGET_SHUFFLE_PARTITION_BYTES, at least two per core."""
+    by_size = math.ceil(input_bytes / TARGET_SHUFFLE_PARTITION_BYTES)
+    return max(minimum, 2 * cores, by_size)
+
+
+def set_shuffle_partitions(spark: SparkSession, input_bytes: int, minimum: int = 1) -> int:
+    n = shuffle_partitions(input_bytes, default_parallelism(spark), minimum)
+    spark.conf.set("spark.sql.shuffle.partitions", str(n))
+    return n
+
+
+@dataclass(frozen=True)
+class PetastormLayout:
+    files: int  # a multiple of the world size
+    row_group_bytes: int
+
+
+def example_files(estimated_bytes: int, world_size: int, minimum: int) -> int:
+    """Files of the examples table: about TARGET_EXAMPLE_FILE_BYTES each, a multiple of the
+    number of training processes, and at least ``minimum``."""
+    by_size = math.ceil(estimated_bytes / TARGET_EXAMPLE_FILE_BYTES)
+    wanted = max(minimum, by_size, world_size)
+    return math.ceil(wanted / world_size) * world_size
+
+
+def petastorm_layout(data_bytes: int, world_size: int, minimum_files: int) -> PetastormLayout:
+    """Row groups small enough that each process gets ROW_GROUPS_PER_PROCESS of them or more
+    (Petastorm's shard unit, and what its shuffle mixes), up to MAX_ROW_GROUP_BYTES."""
+    per_process = data_bytes / max(1, world_size)
+    row_group = int(min(MAX_ROW_GROUP_BYTES, max(MIN_ROW_GROUP_BYTES, per_process / ROW_GROUPS_PER_PROCESS)))
+    return PetastormLayout(files=example_files(data_bytes, world_size, minimum_files), row_group_bytes=row_group)
+
+
+def example_row_bytes(max_slate_size: int, num_features: int) -> int:
+    """A rough uncompressed width of one examples row (features dominate)."""
+    return max_slate_size * (4 * num_features + 4 + 4 + 24) + 64
+
+
+def is_shared_storage(url: str) -> bool:
+    """Whether a cache URL is storage that every node reads (not a node's own disk).
+
+    A ``file://`` path counts as shared only under ``/dbfs`` or when it is on a shared mount,
+    which cannot be told from the path, so the caller warns instead of failing.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else "file"
+    return scheme != "file" or url.replace("file://", "").startswith("/dbfs/")
