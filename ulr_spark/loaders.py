@@ -8,12 +8,15 @@ process of the distributed job then reads its own shard, chosen by the *global* 
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from ulr_spark import schema as S
 from ulr_spark.sizing import PetastormLayout
@@ -35,17 +38,44 @@ class SlateBatch:
 
     @staticmethod
     def from_petastorm(batch: dict, max_slate_size: int, device: torch.device) -> "SlateBatch":
+        """Reassemble a batch of the columns :func:`petastorm_columns` wrote."""
+        k = max_slate_size
         features = batch[S.FEATURES]
+
+        def stacked(prefix: str) -> torch.Tensor:
+            return torch.stack([batch[f"{prefix}{i}"] for i in range(k)], dim=1)
+
         return SlateBatch(
-            features=features.view(features.shape[0], max_slate_size, -1).to(device, torch.float32),
-            positions=batch[S.POSITIONS].to(device, torch.int64),
+            features=features.view(features.shape[0], k, -1).to(device, torch.float32),
+            positions=stacked(S.FLAT_POSITION_PREFIX).to(device, torch.int64),
             context_ids=batch[S.CONTEXT_ID].to(device, torch.int64),
-            clicks=batch[S.CLICKS].to(device, torch.float32),
+            clicks=stacked(S.FLAT_CLICK_PREFIX).to(device, torch.float32),
             impressions=batch[S.IMPRESSIONS].to(device, torch.float32),
         )
 
 
-def make_converter(spark: SparkSession, examples: DataFrame, cache_dir_url: str, layout: PetastormLayout):
+def petastorm_columns(examples: DataFrame, max_slate_size: int) -> DataFrame:
+    """The training columns as Petastorm's cache holds them: ``features`` stays an array, and
+    the short ``positions`` and ``clicks`` arrays are spread over scalar columns.
+
+    Petastorm 0.12 turns each array column into a matrix row by row in Python, a cost per row
+    and column whatever the array's length, while scalar columns arrive as whole arrays; but
+    every column adds work to each batch's shuffle. One array column is the measured optimum
+    (docs/scaling.md).
+    """
+    k = max_slate_size
+    return examples.select(
+        F.col(S.CONTEXT_ID),
+        F.col(S.IMPRESSIONS),
+        F.col(S.FEATURES),
+        *[F.col(S.POSITIONS)[i].alias(f"{S.FLAT_POSITION_PREFIX}{i}") for i in range(k)],
+        *[F.col(S.CLICKS)[i].alias(f"{S.FLAT_CLICK_PREFIX}{i}") for i in range(k)],
+    )
+
+
+def make_converter(
+    spark: SparkSession, examples: DataFrame, cache_dir_url: str, layout: PetastormLayout, max_slate_size: int
+):
     """Materialise the training columns into Petastorm's cache and return the converter.
 
     Petastorm shards by Parquet row group, so unequal files give unequal shards, and with
@@ -56,8 +86,59 @@ def make_converter(spark: SparkSession, examples: DataFrame, cache_dir_url: str,
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_dir_url)
-    columns = examples.select(*S.TRAINING_COLUMNS)
+    columns = petastorm_columns(examples, max_slate_size)
     return make_spark_converter(columns.repartition(layout.files), parquet_row_group_size_bytes=layout.row_group_bytes)
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, ``depth`` items ahead of the consumer.
+
+    Petastorm 0.12 assembles array columns row by row in the consuming thread; torch releases
+    the GIL while it computes, so producing the next batch here overlaps with the training
+    step instead of adding to it.
+    """
+
+    _END = object()
+
+    def __init__(self, source: Iterator, depth: int = 4):
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            self._put(error)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -69,7 +150,12 @@ def shard_batches(
     ``seed`` must be the same on every rank: Petastorm also uses it to assign row groups to
     shards, and different seeds would give overlapping shards.
     """
+    from petastorm.pytorch import BatchedDataLoader
+
+    # The batched loader shuffles and slices whole column tensors; the default one collates
+    # row by row in Python and ran at a twentieth of the model's speed (docs/scaling.md).
     with converter.make_torch_dataloader(
+        data_loader_fn=BatchedDataLoader,
         seed=seed,
         batch_size=batch_size,
         num_epochs=None,
@@ -78,4 +164,8 @@ def shard_batches(
         shuffling_queue_capacity=batch_size * 8,
         workers_count=1,
     ) as loader:
-        yield (SlateBatch.from_petastorm(b, max_slate_size, device) for b in loader)
+        batches = Prefetcher(SlateBatch.from_petastorm(b, max_slate_size, device) for b in loader)
+        try:
+            yield batches
+        finally:
+            batches.close()

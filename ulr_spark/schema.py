@@ -17,8 +17,11 @@ FEATURES = "features"  # array<float>, max_slate_size * num_features, row-major,
 IMPRESSIONS = "impressions"  # requests merged into this row (the example weight)
 CLICKS = "clicks"  # array<int>, clicks summed over the merged requests, per entry
 
-# Columns the trainer streams through Petastorm (strings stay behind in Spark).
+# Columns the trainer needs (strings stay behind in Spark).
 TRAINING_COLUMNS = (CONTEXT_ID, POSITIONS, FEATURES, IMPRESSIONS, CLICKS)
+# In Petastorm's cache, positions and clicks are spread over scalar columns p_0.., c_0..
+FLAT_POSITION_PREFIX = "p_"
+FLAT_CLICK_PREFIX = "c_"
 
 DEFAULT_CONTEXT_KEY = "default"
 

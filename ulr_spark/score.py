@@ -84,7 +84,7 @@ def feature_matrix(features, num_features: int) -> np.ndarray:
     values = pc.list_flatten(features)
     if values.type != pa.float32():
         values = values.cast(pa.float32())
-    return values.to_numpy(zero_copy_only=False).reshape(len(features), num_features)
+    return values.to_numpy(zero_copy_only=False, writable=True).reshape(len(features), num_features)
 
 
 def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: int) -> DataFrame:

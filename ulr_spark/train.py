@@ -76,6 +76,15 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
+def train_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: SlateBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on the mean loss per slot impression; returns (summed loss, weight)."""
+    loss_sum, weight = objective(batch.features, batch.positions, batch.context_ids, batch.clicks, batch.impressions)
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum / weight.clamp(min=1.0)).backward()
+    optimizer.step()
+    return loss_sum.detach(), weight
+
+
 def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.device) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -97,13 +106,8 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
             objective.train()
             for _ in range(job.steps_per_epoch):
                 batch: SlateBatch = next(batches)
-                loss_sum, weight = objective(
-                    batch.features, batch.positions, batch.context_ids, batch.clicks, batch.impressions
-                )
-                optimizer.zero_grad(set_to_none=True)
-                (loss_sum / weight.clamp(min=1.0)).backward()
-                optimizer.step()
-                loss_total += loss_sum.detach()
+                loss_sum, weight = train_step(objective, optimizer, batch)
+                loss_total += loss_sum
                 weight_total += weight
                 slates += batch.positions.shape[0]
             # One all-reduce per epoch for the log line, not one per step.
@@ -224,7 +228,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             "process reads it, so it must be shared storage (dbfs:/, s3a://, abfss://, hdfs://) or a shared mount"
         )
     layout = petastorm_layout(table_bytes(spark, tables.path("examples")), tc.num_processes, config.examples.partitions)
-    converter = make_converter(spark, examples, cache_url, layout)
+    converter = make_converter(spark, examples, cache_url, layout, shape.max_slate_size)
     jobs = []
     for name in tc.models:
         card = {

@@ -1,0 +1,181 @@
+"""Side-by-side throughput measurements, each against a plain-PyTorch reference in one run.
+
+- Training: the same model, batch size and step (``ulr_spark.train.train_step``) fed by
+  Petastorm from the examples table, then from tensors already in memory.
+- Scoring: ``ulr_spark.score.score_pairs`` in Spark (read Delta, Arrow to the Python workers,
+  write Delta) against the same relevance tower over the same Parquet files read with pyarrow
+  and written with pyarrow, in one process using every core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from ulr_spark import schema as S
+from ulr_spark.artifacts import load_model
+from ulr_spark.config import Config
+from ulr_spark.delta_io import read_table
+from ulr_spark.loaders import SlateBatch, make_converter, shard_batches
+from ulr_spark.models import TrainingObjective, build_model
+from ulr_spark.score import SCORE_ARROW_SCHEMA, feature_matrix, score_pairs
+from ulr_spark.sizing import petastorm_layout, table_bytes
+from ulr_spark.train import describe_examples, model_spec, train_step
+
+
+def _timed_steps(model, batches, steps: int, warmup: int) -> float:
+    """Slates per second over ``steps`` steps after ``warmup`` steps."""
+    objective = TrainingObjective(model)
+    optimizer = torch.optim.Adam(objective.parameters(), lr=1e-3)
+    for _ in range(warmup):
+        train_step(objective, optimizer, next(batches))
+    slates, started = 0, time.perf_counter()
+    for _ in range(steps):
+        batch = next(batches)
+        train_step(objective, optimizer, batch)
+        slates += batch.positions.shape[0]
+    return slates / (time.perf_counter() - started)
+
+
+def _in_memory_batches(examples, batch_size: int, k: int, seed: int):
+    frame = examples.select(*S.TRAINING_COLUMNS).toPandas()
+    n = len(frame)
+    tensors = {
+        S.FEATURES: torch.from_numpy(np.stack(frame[S.FEATURES].to_numpy()).astype(np.float32)),
+        S.POSITIONS: torch.from_numpy(np.stack(frame[S.POSITIONS].to_numpy()).astype(np.int32)),
+        S.CONTEXT_ID: torch.from_numpy(frame[S.CONTEXT_ID].to_numpy().astype(np.int32)),
+        S.CLICKS: torch.from_numpy(np.stack(frame[S.CLICKS].to_numpy()).astype(np.int32)),
+        S.IMPRESSIONS: torch.from_numpy(frame[S.IMPRESSIONS].to_numpy()),
+    }
+    d = tensors[S.FEATURES].shape[1] // k
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            index = order[start : start + batch_size]
+            yield SlateBatch(
+                features=tensors[S.FEATURES][index].view(-1, k, d),
+                positions=tensors[S.POSITIONS][index].long(),
+                context_ids=tensors[S.CONTEXT_ID][index].long(),
+                clicks=tensors[S.CLICKS][index].float(),
+                impressions=tensors[S.IMPRESSIONS][index].float(),
+            )
+
+
+def training_throughput(spark, config: Config, steps: int, warmup: int, threads: int = 1) -> dict:
+    """Slates per second of one training process: Petastorm-fed against in-memory."""
+    torch.set_num_threads(threads)
+    tables, tc = config.tables, config.train
+    examples = read_table(spark, tables.path("examples"))
+    shape = describe_examples(examples)
+    spec = model_spec(config, tc.models[0], shape)
+    cache = tables.path("petastorm_cache") + "_bench"
+    layout = petastorm_layout(table_bytes(spark, tables.path("examples")), 1, 1)
+    converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size)
+    try:
+        torch.manual_seed(tc.seed)
+        with shard_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, torch.device("cpu"), tc.seed) as b:
+            petastorm_rate = _timed_steps(build_model(spec), b, steps, warmup)
+    finally:
+        converter.delete()
+        shutil.rmtree(cache, ignore_errors=True)
+    torch.manual_seed(tc.seed)
+    memory_rate = _timed_steps(
+        build_model(spec), _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed), steps, warmup
+    )
+    return {
+        "model": spec.name,
+        "batch_size": tc.batch_size,
+        "steps": steps,
+        "examples_rows": shape.rows,
+        "torch_threads": threads,
+        "petastorm_slates_per_s": petastorm_rate,
+        "in_memory_slates_per_s": memory_rate,
+        "ratio": petastorm_rate / memory_rate,
+    }
+
+
+def parquet_files(spark, path: str) -> list[str]:
+    """The Parquet files of a Delta table's current snapshot, as local paths."""
+    from urllib.parse import unquote, urlparse
+
+    return sorted(unquote(urlparse(f).path) if f.startswith("file:") else f for f in read_table(spark, path).inputFiles())
+
+
+def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
+    """Rows per second: Spark's scoring stage against plain PyTorch with pyarrow I/O, both on
+    the impression log's rows (query_id, item_id, features) and both writing their output."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    cols = config.columns
+    log_path = config.tables.path("impressions")
+    rows = read_table(spark, log_path).count()
+    batch_size = config.score.batch_size
+
+    def spark_scoring(write: bool) -> float:
+        started = time.perf_counter()
+        pairs = read_table(spark, log_path).select(
+            _alias(cols.query_id, S.QUERY_ID), _alias(cols.item_id, S.ITEM_ID), _alias(cols.features, S.FEATURES)
+        )
+        scored = score_pairs(pairs, spark, [artifact], batch_size).write
+        if write:
+            scored.format("delta").mode("overwrite").save(os.path.join(output_root, "scores_spark"))
+        else:
+            scored.format("noop").mode("overwrite").save()
+        return time.perf_counter() - started
+
+    threads = os.cpu_count() or 1
+
+    def torch_scoring(write: bool) -> float:
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        model = load_model(artifact).eval()
+        dataset = ds.dataset(parquet_files(spark, log_path), format="parquet")
+        d = artifact.spec.num_features
+        out = os.path.join(output_root, "scores_torch.parquet")
+        with contextlib.ExitStack() as stack:
+            writer = stack.enter_context(pq.ParquetWriter(out, SCORE_ARROW_SCHEMA)) if write else None
+            for batch in dataset.to_batches(columns=[cols.query_id, cols.item_id, cols.features], batch_size=batch_size):
+                features = torch.from_numpy(feature_matrix(batch.column(cols.features), d))
+                with torch.no_grad():
+                    scores = model.relevance(features).double().numpy()
+                if writer is not None:
+                    writer.write_batch(
+                        pa.RecordBatch.from_arrays(
+                            [batch.column(cols.query_id), batch.column(cols.item_id),
+                             pa.array([artifact.spec.name] * batch.num_rows, pa.string()), pa.array(scores)],
+                            schema=SCORE_ARROW_SCHEMA,
+                        )
+                    )
+        return time.perf_counter() - started
+
+    # Written output first (the stage as it runs), then scoring alone, to see what the write costs.
+    spark_seconds, torch_seconds = spark_scoring(True), torch_scoring(True)
+    spark_nowrite, torch_nowrite = spark_scoring(False), torch_scoring(False)
+    shutil.rmtree(os.path.join(output_root, "scores_spark"), ignore_errors=True)
+    os.remove(os.path.join(output_root, "scores_torch.parquet"))
+    return {
+        "rows": rows,
+        "spark_seconds": spark_seconds,
+        "torch_seconds": torch_seconds,
+        "torch_threads": threads,
+        "spark_rows_per_s": rows / spark_seconds,
+        "torch_rows_per_s": rows / torch_seconds,
+        "ratio": torch_seconds / spark_seconds,
+        "spark_seconds_without_write": spark_nowrite,
+        "torch_seconds_without_write": torch_nowrite,
+        "ratio_without_write": torch_nowrite / spark_nowrite,
+    }
+
+
+def _alias(column: str, name: str):
+    from pyspark.sql import functions as F
+
+    return F.col(column).alias(name)
