@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast bench clean
 
 $(STAMP): requirements.txt setup.py
 	@command -v java >/dev/null || { echo "Java 17 is required (java not found on PATH)"; exit 1; }
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra tests
+
+# The scaling benchmarks (about 35 min on 2 cores, 10 GB of disk at the 100M size); writes docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --sizes 1M,10M,100M --throughput-at 10M
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow" tests

@@ -203,13 +203,15 @@ def render(results: list[dict], host: dict, commands: list[str], total_seconds: 
                 f"## Training throughput ({label(r['impressions'])} impressions, {t['examples_rows']:,} example rows)",
                 "",
                 f"One process, {t['torch_threads']} torch thread, model `{t['model']}`, batch {t['batch_size']} slates, "
-                f"{t['steps']} timed steps after a warm-up, the same `train_step` in both:",
+                f"{t['steps']} timed steps after a warm-up, the same `train_step` in both, {t.get('rounds', 1)} "
+                f"alternating rounds (medians; the ratio of each round: "
+                f"{', '.join(f'{x:.2f}' for x in t.get('ratios', [t['ratio']]))}):",
                 "",
                 "| fed by | slates per second |",
                 "|---|---|",
                 f"| Petastorm (examples table -> cache -> BatchedDataLoader, prefetch thread) | {t['petastorm_slates_per_s']:,.0f} |",
                 f"| tensors already in memory | {t['in_memory_slates_per_s']:,.0f} |",
-                f"| ratio | {t['ratio']:.2f} |",
+                f"| ratio (median of the rounds) | {t['ratio']:.2f} |",
                 "",
             ]
         if "score_throughput" in r:

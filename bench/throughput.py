@@ -67,8 +67,9 @@ def _in_memory_batches(examples, batch_size: int, k: int, seed: int):
             )
 
 
-def training_throughput(spark, config: Config, steps: int, warmup: int, threads: int = 1) -> dict:
-    """Slates per second of one training process: Petastorm-fed against in-memory."""
+def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: int = 3, threads: int = 1) -> dict:
+    """Slates per second of one training process: Petastorm-fed against in-memory, measured in
+    alternating rounds (the machine's speed drifts between minutes); the ratio is the median."""
     torch.set_num_threads(threads)
     tables, tc = config.tables, config.train
     examples = read_table(spark, tables.path("examples"))
@@ -77,26 +78,30 @@ def training_throughput(spark, config: Config, steps: int, warmup: int, threads:
     cache = tables.path("petastorm_cache") + "_bench"
     layout = petastorm_layout(table_bytes(spark, tables.path("examples")), 1, 1)
     converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size)
+    in_memory = _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed)
+    petastorm_rates, memory_rates = [], []
     try:
-        torch.manual_seed(tc.seed)
-        with shard_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, torch.device("cpu"), tc.seed) as b:
-            petastorm_rate = _timed_steps(build_model(spec), b, steps, warmup)
+        for _ in range(rounds):
+            torch.manual_seed(tc.seed)
+            with shard_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, torch.device("cpu"), tc.seed) as b:
+                petastorm_rates.append(_timed_steps(build_model(spec), b, steps, warmup))
+            torch.manual_seed(tc.seed)
+            memory_rates.append(_timed_steps(build_model(spec), in_memory, steps, warmup))
     finally:
         converter.delete()
         shutil.rmtree(cache, ignore_errors=True)
-    torch.manual_seed(tc.seed)
-    memory_rate = _timed_steps(
-        build_model(spec), _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed), steps, warmup
-    )
+    ratios = [p / m for p, m in zip(petastorm_rates, memory_rates)]
     return {
         "model": spec.name,
         "batch_size": tc.batch_size,
         "steps": steps,
+        "rounds": rounds,
         "examples_rows": shape.rows,
         "torch_threads": threads,
-        "petastorm_slates_per_s": petastorm_rate,
-        "in_memory_slates_per_s": memory_rate,
-        "ratio": petastorm_rate / memory_rate,
+        "petastorm_slates_per_s": float(np.median(petastorm_rates)),
+        "in_memory_slates_per_s": float(np.median(memory_rates)),
+        "ratios": ratios,
+        "ratio": float(np.median(ratios)),
     }
 
 

@@ -50,8 +50,15 @@ def test_context_xpa_recovers_the_page_averaged_curve_better_than_additive(spark
 
 
 def test_confounded_bias_dropout_helps_additive(spark, tmp_path):
-    m = run_small(spark, tmp_path, "confounded", ["additive", "additive_dropout"])
-    assert m[("additive_dropout", "ndcg@10")] > m[("additive", "ndcg@10")], m
+    """The gap is small (+0.006, spread 0.003, in the comparison), so this runs at the
+    scenario's own log size and checks the mean over two of the comparison's seeds."""
+    full_size = {"simulate": {"num_queries": 1000, "num_requests": 20000}, "train": {"epochs": 10}}
+    gaps = []
+    for seed in (1, 2):
+        m = run_small(spark, tmp_path / f"seed{seed}", "confounded", ["additive", "additive_dropout"], seed=seed,
+                      **full_size)
+        gaps.append(m[("additive_dropout", "ndcg@10")] - m[("additive", "ndcg@10")])
+    assert sum(gaps) / len(gaps) > 0, gaps
 
 
 YAHOO = os.path.join(os.path.dirname(ROOT), "shared", "data", "yahoo_ltr_sample")

@@ -94,5 +94,8 @@ def is_shared_storage(url: str) -> bool:
     A ``file://`` path counts as shared only under ``/dbfs`` or when it is on a shared mount,
     which cannot be told from the path, so the caller warns instead of failing.
     """
-    scheme = url.split("://", 1)[0] if "://" in url else "file"
-    return scheme != "file" or url.replace("file://", "").startswith("/dbfs/")
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    scheme = parsed.scheme or "file"
+    return scheme != "file" or parsed.path.startswith("/dbfs/")

@@ -1,0 +1,76 @@
+import threading
+import time
+
+import pyarrow as pa
+import pytest
+
+from ulr_spark.loaders import Prefetcher
+from ulr_spark.score import feature_matrix
+from ulr_spark.sizing import (
+    MAX_ROW_GROUP_BYTES, MIB, ROW_GROUPS_PER_PROCESS, example_files, is_shared_storage, petastorm_layout,
+    shuffle_partitions,
+)
+
+
+def test_shuffle_partitions_follow_the_input_size():
+    assert shuffle_partitions(10 * MIB, cores=2) == 4, "small input: two per core"
+    assert shuffle_partitions(6400 * MIB, cores=2) == 50, "about 128 MiB each"
+    assert shuffle_partitions(6400 * MIB, cores=64) == 128
+    assert shuffle_partitions(1, cores=1, minimum=8) == 8
+
+
+def test_example_files_are_a_multiple_of_the_world_size():
+    for world in (1, 2, 3, 8):
+        for size in (0, 100 * MIB, 10_000 * MIB):
+            files = example_files(size, world, minimum=4)
+            assert files % world == 0 and files >= 4
+    assert example_files(10_000 * MIB, 8, minimum=1) == 80
+
+
+def test_every_process_gets_several_row_groups():
+    for data in (5 * MIB, 300 * MIB, 100_000 * MIB):
+        for world in (1, 2, 16):
+            layout = petastorm_layout(data * 1, world, 1)
+            assert layout.row_group_bytes <= MAX_ROW_GROUP_BYTES
+            per_process = data / world
+            if per_process >= ROW_GROUPS_PER_PROCESS * MIB:
+                assert per_process / layout.row_group_bytes >= ROW_GROUPS_PER_PROCESS - 1e-9
+
+
+def test_shared_storage():
+    assert is_shared_storage("s3a://bucket/cache") and is_shared_storage("dbfs:/tmp/cache")
+    assert is_shared_storage("file:///dbfs/tmp/cache")
+    assert not is_shared_storage("file:///tmp/cache") and not is_shared_storage("/tmp/cache")
+
+
+def test_prefetcher_keeps_order_and_hands_over_errors():
+    assert list(Prefetcher(iter(range(100)), depth=3)) == list(range(100))
+
+    def broken():
+        yield 1
+        raise RuntimeError("reader failed")
+
+    batches = Prefetcher(broken())
+    assert next(batches) == 1
+    with pytest.raises(RuntimeError, match="reader failed"):
+        next(batches)
+
+
+def test_prefetcher_stops_its_thread_when_closed():
+    def endless():
+        while True:
+            yield 0
+
+    before = threading.active_count()
+    batches = Prefetcher(endless(), depth=2)
+    next(batches)
+    batches.close()
+    time.sleep(0.3)
+    assert threading.active_count() == before
+
+
+def test_feature_matrix_reads_the_list_buffer_and_rejects_other_lengths():
+    column = pa.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], pa.list_(pa.float32())).slice(1)
+    assert feature_matrix(column, 2).tolist() == [[3.0, 4.0], [5.0, 6.0]]
+    with pytest.raises(ValueError, match="must hold 3 values per row.*broken by 2 row"):
+        feature_matrix(column, 3)
