@@ -183,8 +183,9 @@ def render(results: list[dict], host: dict, commands: list[str], total_seconds: 
         "## Peak resident memory per process (MiB)",
         "",
         "The peak of any one process of each role during the stage. In local mode the JVM is both the driver and the "
-        "executors, so its size follows `spark.driver.memory`, not the data; the driver's Python process is what "
-        "would grow if anything were collected to the driver.",
+        "executors: its resident size grows with the shuffles towards its heap (`spark.driver.memory`, 4 GB here) "
+        "plus off-heap buffers, and Spark spills beyond that. The driver's Python process is what would grow if "
+        "anything were collected to the driver.",
         "",
         "| impressions | stage | driver (Python) | JVM | Spark Python worker | training process |",
         "|---|---|---|---|---|---|",

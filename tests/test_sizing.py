@@ -27,14 +27,16 @@ def test_example_files_are_a_multiple_of_the_world_size():
     assert example_files(10_000 * MIB, 8, minimum=1) == 80
 
 
-def test_every_process_gets_several_row_groups():
+def test_every_process_gets_several_equal_row_groups():
+    """One row group per file (the limit is above the file size), files of at most
+    MAX_ROW_GROUP_BYTES, and at least ROW_GROUPS_PER_PROCESS files per process."""
     for data in (5 * MIB, 300 * MIB, 100_000 * MIB):
         for world in (1, 2, 16):
-            layout = petastorm_layout(data * 1, world, 1)
-            assert layout.row_group_bytes <= MAX_ROW_GROUP_BYTES
-            per_process = data / world
-            if per_process >= ROW_GROUPS_PER_PROCESS * MIB:
-                assert per_process / layout.row_group_bytes >= ROW_GROUPS_PER_PROCESS - 1e-9
+            layout = petastorm_layout(data, world, 1)
+            file_bytes = data / layout.files
+            assert layout.files % world == 0 and layout.files >= ROW_GROUPS_PER_PROCESS * world
+            assert file_bytes <= MAX_ROW_GROUP_BYTES
+            assert layout.row_group_bytes >= 2 * file_bytes, "a file must not be cut into unequal row groups"
 
 
 def test_shared_storage():
@@ -74,3 +76,34 @@ def test_feature_matrix_reads_the_list_buffer_and_rejects_other_lengths():
     assert feature_matrix(column, 2).tolist() == [[3.0, 4.0], [5.0, 6.0]]
     with pytest.raises(ValueError, match="must hold 3 values per row.*broken by 2 row"):
         feature_matrix(column, 3)
+
+
+def test_petastorm_shards_of_the_training_processes_hold_equal_rows(spark, tmp_path):
+    """A file cut into a full row group and a small remainder once gave one process every
+    remainder: it looped over a few rows and the demo's NDCG@10 fell from 0.98 to 0.95."""
+    from pyspark.sql import functions as F
+
+    from ulr_spark import schema as S
+    from ulr_spark.loaders import make_converter, quiet_petastorm_warnings
+
+    quiet_petastorm_warnings()
+    k, d, rows, world = 4, 8, 20_000, 2
+    examples = spark.range(rows).select(
+        F.col("id").cast("int").alias(S.CONTEXT_ID),
+        F.array(*[F.lit(i + 1) for i in range(k)]).alias(S.POSITIONS),
+        F.array(*[F.rand(seed=i).cast("float") for i in range(k * d)]).alias(S.FEATURES),
+        F.lit(1).cast("long").alias(S.IMPRESSIONS),
+        F.array(*[F.lit(0) for _ in range(k)]).alias(S.CLICKS),
+    )
+    data_bytes = rows * (4 * k * d + 40)
+    converter = make_converter(spark, examples, "file://" + str(tmp_path / "cache"), petastorm_layout(data_bytes, world, 2), k)
+    try:
+        counts = []
+        for rank in range(world):
+            with converter.make_torch_dataloader(batch_size=1000, num_epochs=1, cur_shard=rank, shard_count=world,
+                                                 workers_count=1) as loader:
+                counts.append(sum(len(batch[S.IMPRESSIONS]) for batch in loader))
+    finally:
+        converter.delete()
+    assert sum(counts) == rows
+    assert max(counts) - min(counts) <= 0.05 * rows / world, counts

@@ -4,8 +4,8 @@
   each, never fewer than two per core; adaptive query execution (AQE) then coalesces the small
   ones at run time, so setting too many costs little and too few spills.
 - Example files and Petastorm row groups: Petastorm shards by row group, so every training
-  process needs several row groups of similar size, and the number of files is a multiple of
-  the world size.
+  process needs several row groups of equal size: equal files of one row group each, their
+  number a multiple of the world size.
 - Skew: the per-request aggregation keeps at most ``max_slate_size`` entries of a very long
   request, and the merge aggregation combines hot slates map-side, so neither needs AQE's
   skew-join splitting, which only acts on joins; it stays on for the joins of ``score``.
@@ -76,11 +76,18 @@ def example_files(estimated_bytes: int, world_size: int, minimum: int) -> int:
 
 
 def petastorm_layout(data_bytes: int, world_size: int, minimum_files: int) -> PetastormLayout:
-    """Row groups small enough that each process gets ROW_GROUPS_PER_PROCESS of them or more
-    (Petastorm's shard unit, and what its shuffle mixes), up to MAX_ROW_GROUP_BYTES."""
-    per_process = data_bytes / max(1, world_size)
-    row_group = int(min(MAX_ROW_GROUP_BYTES, max(MIN_ROW_GROUP_BYTES, per_process / ROW_GROUPS_PER_PROCESS)))
-    return PetastormLayout(files=example_files(data_bytes, world_size, minimum_files), row_group_bytes=row_group)
+    """Equal files of one row group each, at least ROW_GROUPS_PER_PROCESS per process.
+
+    Petastorm hands out row groups to processes in turn. A file cut into one full row group
+    and a small remainder would give one process every full group and the other every
+    remainder, and with endless epochs the second loops over its few rows and overfits. So
+    the number of files grows instead (each at most MAX_ROW_GROUP_BYTES), and the row-group
+    limit is set well above the file size, so each file is exactly one row group.
+    """
+    per_file_limit = math.ceil(data_bytes / MAX_ROW_GROUP_BYTES)
+    files = example_files(0, world_size, max(minimum_files, per_file_limit, world_size * ROW_GROUPS_PER_PROCESS))
+    row_group = max(MIN_ROW_GROUP_BYTES, 4 * math.ceil(data_bytes / files))
+    return PetastormLayout(files=files, row_group_bytes=row_group)
 
 
 def example_row_bytes(max_slate_size: int, num_features: int) -> int:
