@@ -148,7 +148,7 @@ def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
         with contextlib.ExitStack() as stack:
             writer = stack.enter_context(pq.ParquetWriter(out, SCORE_ARROW_SCHEMA)) if write else None
             for batch in dataset.to_batches(columns=[cols.query_id, cols.item_id, cols.features], batch_size=batch_size):
-                features = torch.from_numpy(feature_matrix(batch.column(cols.features), d))
+                features = feature_matrix(batch.column(cols.features), d)
                 with torch.no_grad():
                     scores = model.relevance(features).double().numpy()
                 if writer is not None:

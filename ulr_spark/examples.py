@@ -182,11 +182,11 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
             config.train.num_processes,
             config.examples.partitions,
         )
-        examples = with_context_ids(merged, context_vocabulary(merged)).repartition(files)
+        vocabulary = context_vocabulary(merged)
+        examples = with_context_ids(merged, vocabulary).repartition(files)
         # The vocabulary travels inside the examples (context_id next to context_key), so one
         # transaction writes everything the trainer needs.
         overwrite_table(examples, config.tables.path("examples"), run_id)
-        contexts = merged.select(S.CONTEXT_KEY).distinct().count()
     finally:
         merged.unpersist()
     n_examples, requests = int(totals["examples"]), int(totals["requests"])
@@ -196,7 +196,7 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         rows_beyond_max_slate=beyond,
         examples=n_examples,
         num_features=checks.num_features,
-        contexts=contexts,
+        contexts=len(vocabulary),
         share_of_pairs_in_several_slots=share,
         compression=requests / n_examples if n_examples else 0.0,
     )

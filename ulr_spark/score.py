@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import io
 import uuid
+import warnings
 from typing import Iterator
 
-import numpy as np
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -68,9 +68,9 @@ def _models_from_broadcast(broadcast) -> list:
     return _WORKER_MODELS[token]
 
 
-def feature_matrix(features, num_features: int) -> np.ndarray:
-    """An Arrow list<float> column as a [rows, num_features] float32 matrix, without a copy
-    per row (the list values are one contiguous buffer)."""
+def feature_matrix(features, num_features: int) -> torch.Tensor:
+    """An Arrow list<float> column as a read-only [rows, num_features] float32 tensor over the
+    column's value buffer: no copy when the values are float32 (only read, under no_grad)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -84,7 +84,11 @@ def feature_matrix(features, num_features: int) -> np.ndarray:
     values = pc.list_flatten(features)
     if values.type != pa.float32():
         values = values.cast(pa.float32())
-    return values.to_numpy(zero_copy_only=False, writable=True).reshape(len(features), num_features)
+    matrix = values.to_numpy(zero_copy_only=False).reshape(len(features), num_features)
+    with warnings.catch_warnings():
+        # torch warns that the buffer is not writable; the tensor is only read.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(matrix)
 
 
 def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: int) -> DataFrame:
@@ -104,7 +108,7 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
             if batch.num_rows == 0:
                 continue
             query_ids, item_ids = batch.column(S.QUERY_ID), batch.column(S.ITEM_ID)
-            features = torch.from_numpy(feature_matrix(batch.column(S.FEATURES), models[0].spec.num_features))
+            features = feature_matrix(batch.column(S.FEATURES), models[0].spec.num_features)
             with torch.no_grad():
                 for model in models:
                     yield pa.RecordBatch.from_arrays(
