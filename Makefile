@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench dist clean
 
 $(STAMP): requirements.txt setup.py
 	@command -v java >/dev/null || { echo "Java 17 is required (java not found on PATH)"; exit 1; }
@@ -31,5 +31,10 @@ bench: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow" tests
 
+# The library's wheel, to install on cluster nodes or pack with its dependencies (docs/cluster.md).
+dist: $(STAMP)
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build
+
 clean:
-	rm -rf ulr-data spark-warehouse .pytest_cache
+	rm -rf ulr-data spark-warehouse .pytest_cache build dist

@@ -17,6 +17,6 @@ setup(
         "torch>=2.4,<3",
         "pyyaml>=6",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8"], "mlflow": ["mlflow-skinny>=2.10"]},
     entry_points={"console_scripts": ["ulr-spark=ulr_spark.cli:main"]},
 )

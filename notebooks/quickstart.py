@@ -1,9 +1,14 @@
 # Databricks notebook source
 # MAGIC %md
 # MAGIC # ulr-spark quickstart
-# MAGIC Simulates a click log with a known truth, builds examples, trains the naive and the additive
-# MAGIC two-tower models, scores every (query, item) pair and prints the metrics. All logic lives in
-# MAGIC the `ulr_spark` library; this notebook only calls it.
+# MAGIC Simulates a click log with a known truth, builds examples, trains the configured models
+# MAGIC (the naive and the additive two-tower model in `conf/demo.yaml`), scores every (query, item)
+# MAGIC pair and shows the metrics of the run. All logic lives in the `ulr_spark` library; this
+# MAGIC notebook only calls it.
+# MAGIC
+# MAGIC Widgets: `config` (a YAML file; relative paths are looked up from the working directory
+# MAGIC upwards), `tables_root` (where the Delta tables and models go), `overrides` (`section.key=value`,
+# MAGIC separated by commas or newlines, e.g. `train.epochs=3, simulate.num_requests=20000`).
 
 # COMMAND ----------
 
@@ -11,17 +16,38 @@
 
 # COMMAND ----------
 
+dbutils.widgets.text("config", "conf/demo.yaml", "Config file")  # noqa: F821
+dbutils.widgets.text("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root")  # noqa: F821
+dbutils.widgets.text("overrides", "", "Overrides (key=value, comma or newline separated)")  # noqa: F821
+
+# COMMAND ----------
+
 from ulr_spark.config import load_config
+from ulr_spark.diagnostics import find_config, parse_overrides, path_override, run_metrics
 from ulr_spark.pipeline import run_all
 
-config = load_config("conf/demo.yaml", ["tables.root=/dbfs/tmp/ulr-spark-quickstart"])
-run_id = run_all(config, spark)  # noqa: F821 (the notebook's SparkSession)
+overrides = parse_overrides(dbutils.widgets.get("overrides"))  # noqa: F821
+overrides += [path_override("tables.root", dbutils.widgets.get("tables_root"))]  # noqa: F821
+config = load_config(find_config(dbutils.widgets.get("config")), overrides)  # noqa: F821
 
 # COMMAND ----------
 
 # MAGIC %md
-# MAGIC The metrics of this run, one row per model and metric:
+# MAGIC Every stage in order under one new run id: simulate, build-examples, train (TorchDistributor),
+# MAGIC score, evaluate. It prints each stage's summary and the metrics table.
 
 # COMMAND ----------
 
-display(spark.read.format("delta").load(config.tables.path("metrics")).where(f"run_id = '{run_id}'"))  # noqa: F821
+run_id = run_all(config, spark)  # noqa: F821 (the notebook's SparkSession)
+print(f"run_id = {run_id}; tables under {config.tables.root}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC The metrics of this run, one row per model and metric (NDCG@k on held-out queries, and the
+# MAGIC bias-curve error of each two-tower model). Open `bias_diagnostics` with this run id to see
+# MAGIC the curves, and `scoring` to score other pairs with its models.
+
+# COMMAND ----------
+
+display(run_metrics(spark, config, run_id))  # noqa: F821

@@ -14,7 +14,9 @@ def test_every_sub_command_has_help_with_an_example(stage, capsys):
         parser().parse_args([stage, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "example:" in out and f"ulr-spark {stage}" in out and "--run-id" in out
+    assert "examples:" in out and out.count(f"ulr-spark {stage} ") >= 2 and "--run-id" in out
+    job = "run" if stage == "run" else stage.replace("-", "_")
+    assert f"jobs/{job}.py" in out and "spark-submit" in out and "writes:" in out
 
 
 def test_a_bad_config_fails_at_start_up_naming_the_key(tmp_path, capsys):

@@ -81,14 +81,26 @@ def test_learned_curve_decreases_like_the_truth(spark, pipeline_run):
     assert values[1] > values[3] > values[6], values
 
 
-def test_outputs_are_delta_tables_tagged_with_the_run(spark, pipeline_run):
+def test_outputs_are_documented_delta_tables_tagged_with_the_run(spark, pipeline_run):
     config, run_id = pipeline_run
-    for name in ("impressions", "examples", "bias_curves", "scores", "metrics", "truth_labels"):
+    names = ("impressions", "candidates", "truth_labels", "truth_examination", "examples", "bias_curves",
+             "scores", "scores_latest", "metrics")
+    for name in names:
         path = config.tables.path(name)
         assert os.path.isdir(os.path.join(path, "_delta_log")), name
         assert read_table(spark, path).count() > 0
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{config.tables.path('scores')}`").collect()
-    assert history[0]["userMetadata"] == f"ulr-spark run_id={run_id}"
+        # Every commit, data or metadata, names the run that made it.
+        history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").collect()
+        assert {h["userMetadata"] for h in history} == {f"ulr-spark run_id={run_id}"}, name
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()
+        assert detail["properties"]["ulr_spark.run_id"] == run_id, name
+        assert detail["properties"]["ulr_spark.config_hash"] == config.fingerprint(), name
+        assert detail["description"] == S.TABLE_COMMENTS[name], name
+        commented = {f.name: f.metadata.get("comment") for f in read_table(spark, path).schema.fields}
+        assert all(commented.values()), (name, commented)
+    scores = spark.sql(f"DESCRIBE DETAIL delta.`{config.tables.path('scores')}`").first()["properties"]
+    assert scores["delta.enableChangeDataFeed"] == "true"
+    assert scores["ulr_spark.models"] == ",".join(sorted(MODELS))
 
 
 def test_artifacts_carry_weights_schema_and_config(pipeline_run):
@@ -141,3 +153,21 @@ def test_scoring_the_pairs_of_the_log(spark, pipeline_run):
     joined = scores.alias("a").join(this_run.alias("b"), [S.QUERY_ID, S.ITEM_ID, S.MODEL])
     assert joined.count() == len(MODELS) * pairs
     assert joined.where(F.abs(F.col("a.score") - F.col("b.score")) > 1e-9).count() == 0
+
+
+def test_spark_jobs_are_named_after_their_stage_step_and_run(spark, pipeline_run):
+    import json
+    import urllib.request
+
+    _, run_id = pipeline_run
+    url = f"{spark.sparkContext.uiWebUrl}/api/v1/applications/{spark.sparkContext.applicationId}/jobs"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        jobs = json.load(response)
+    described = {(j.get("jobGroup"), j.get("description")) for j in jobs}
+    for stage, step in (
+        ("build-examples", "write the examples"),
+        ("train", "cache the examples for Petastorm"),
+        ("score", "score 6 model(s) and write the scores"),
+        ("score", "merge the run's scores into scores_latest"),
+    ):
+        assert (f"ulr-spark {stage}", f"ulr-spark {stage} run_id={run_id}: {step}") in described, (stage, step)

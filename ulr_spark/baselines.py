@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from ulr_spark import schema as S
 from ulr_spark.config import Config
-from ulr_spark.delta_io import read_table, replace_rows, sql_string
+from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string
 
 BASELINES = ("lightgbm", "xgboost")
 BASELINE_MODEL_NAMES = {"lightgbm": "lightgbm_lambdamart", "xgboost": "xgboost_unbiased_lambdamart"}
@@ -124,7 +124,9 @@ def train_baselines(
     )
     names = ", ".join(sql_string(BASELINE_MODEL_NAMES[n]) for n in baselines)
     replace_rows(
-        scores.coalesce(1), config.tables.path("scores"), run_id,
+        scores.coalesce(1), config.tables.path("scores"), "scores",
+        Provenance.of(config, run_id, "baselines", [BASELINE_MODEL_NAMES[n] for n in baselines]),
         f"{S.RUN_ID} = {sql_string(run_id)} AND {S.MODEL} IN ({names})",
+        change_feed=True,
     )
     return {BASELINE_MODEL_NAMES[n]: len(candidates) for n in baselines}

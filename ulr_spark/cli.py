@@ -24,25 +24,78 @@ DESCRIPTIONS = {
 }
 
 EXAMPLES = {
-    "simulate": "ulr-spark simulate --config conf/demo.yaml --set simulate.num_requests=10000",
-    "build-examples": "ulr-spark build-examples --config conf/demo.yaml",
-    "train": "ulr-spark train --config conf/demo.yaml --set train.epochs=2 --run-id try1",
-    "score": "ulr-spark score --config conf/demo.yaml --run-id try1",
-    "evaluate": "ulr-spark evaluate --config conf/demo.yaml   # newest run",
-    "run": "ulr-spark run --config conf/demo.yaml",
-    "compare": "ulr-spark compare --config conf/compare.yaml --set 'compare.seeds=[1]'",
+    "simulate": [
+        "ulr-spark simulate --config conf/demo.yaml --set simulate.num_requests=10000",
+        "ulr-spark simulate --config conf/context_grid.yaml --set tables.root=/tmp/grid",
+    ],
+    "build-examples": [
+        "ulr-spark build-examples --config conf/demo.yaml",
+        "ulr-spark build-examples --config my_log.yaml --set examples.max_slate_size=20",
+    ],
+    "train": [
+        "ulr-spark train --config conf/demo.yaml --set train.epochs=2 --run-id try1",
+        "ulr-spark train --config conf/demo.yaml --set 'train.models=[additive,xpa]' --set train.use_gpu=true",
+    ],
+    "score": [
+        "ulr-spark score --config conf/demo.yaml --run-id try1",
+        "ulr-spark score --config conf/demo.yaml   # the newest run; --set score.source=impressions",
+    ],
+    "evaluate": [
+        "ulr-spark evaluate --config conf/demo.yaml   # the newest run",
+        "ulr-spark evaluate --config conf/demo.yaml --run-id try1 --set evaluate.queries=all",
+    ],
+    "run": [
+        "ulr-spark run --config conf/demo.yaml",
+        "ulr-spark run --config conf/demo.yaml --set tracking.mlflow=true   # also log to MLflow",
+    ],
+    "compare": [
+        "ulr-spark compare --config conf/compare.yaml --set 'compare.seeds=[1]'",
+        "ulr-spark compare --config conf/compare.yaml --report-only --run-id <compare id>",
+    ],
+}
+
+WRITES = {
+    "simulate": "tables impressions, candidates, truth/labels, truth/examination",
+    "build-examples": "table examples (nothing when the log breaks a rule)",
+    "train": "models/<run_id>/<model>/ and table bias_curves",
+    "score": "tables scores (change data feed on) and scores_latest",
+    "evaluate": "table metrics, and prints them",
+    "run": "all of the above under one run id",
+    "compare": "table comparison/metrics, a Markdown report and a plot",
 }
 
 
+def _epilog(stage: str) -> str:
+    job = "run" if stage == "run" else stage.replace("-", "_")
+    lines = ["examples:"] + [f"  {e}" for e in EXAMPLES[stage]]
+    lines += [
+        "  spark-submit --master spark://host:7077 --packages io.delta:delta-spark_2.13:4.0.0 \\",
+        "    --archives ulr-spark-env.tar.gz#environment --conf spark.pyspark.python=./environment/bin/python \\",
+        f"    jobs/{job}.py --config conf/demo.yaml",
+        "    (cluster set-up: docs/cluster.md)",
+        "",
+        f"writes: {WRITES[stage]} (paths under tables.root; docs/tables.md)",
+    ]
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ulr-spark", description="Remove position bias from click logs.")
+    top = argparse.ArgumentParser(
+        prog="ulr-spark",
+        description="Remove position bias from click logs.",
+        epilog="a run, stage by stage:\n  ulr-spark simulate --config conf/demo.yaml\n"
+        "  ulr-spark build-examples --config conf/demo.yaml\n  ulr-spark train --config conf/demo.yaml --run-id try1\n"
+        "  ulr-spark score --config conf/demo.yaml --run-id try1\n  ulr-spark evaluate --config conf/demo.yaml --run-id try1\n"
+        "'ulr-spark STAGE --help' shows each stage's options, examples and outputs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for stage in list(STAGES) + ["run", "compare"]:
         sub = subs.add_parser(
             stage,
             help=DESCRIPTIONS[stage],
             description=DESCRIPTIONS[stage],
-            epilog=f"example:\n  {EXAMPLES[stage]}",
+            epilog=_epilog(stage),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         sub.add_argument("--config", default="conf/demo.yaml", help="YAML config (default: conf/demo.yaml)")

@@ -34,12 +34,10 @@ from pyspark.sql import functions as F
 from ulr_spark import schema as S
 from ulr_spark.baselines import train_baselines
 from ulr_spark.config import CompareClaim, CompareScenario, Config, config_from_dict, load_config
-from ulr_spark.delta_io import read_table, replace_rows, sql_string, table_exists
+from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string, table_exists
 from ulr_spark.evaluate import BIAS_ERROR
 
-SCENARIO = "scenario"
-SEED = "seed"
-COMPARE_ID = "compare_id"
+SCENARIO, SEED, COMPARE_ID = S.SCENARIO, S.SEED, S.COMPARE_ID
 
 
 def merge_settings(base: dict, settings: dict) -> dict:
@@ -277,5 +275,8 @@ def compare(config: Config, spark: SparkSession, compare_id: str, command: str) 
         F.lit(compare_id).alias(COMPARE_ID), SCENARIO, F.col(SEED).cast("int"), S.MODEL, S.METRIC,
         F.col(S.VALUE).cast("double"), F.current_timestamp().alias(S.EVALUATED_AT),
     )
-    replace_rows(table.coalesce(1), comparison_table(config), compare_id, f"{COMPARE_ID} = {sql_string(compare_id)}")
+    replace_rows(
+        table.coalesce(1), comparison_table(config), "comparison", Provenance.of(config, compare_id, "compare"),
+        f"{COMPARE_ID} = {sql_string(compare_id)}",
+    )
     return write_report(config, spark, compare_id, command, time.time() - started)

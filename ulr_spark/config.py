@@ -53,6 +53,7 @@ class TablesConfig:
     examples: str = "examples"
     bias_curves: str = "bias_curves"
     scores: str = "scores"
+    scores_latest: str = "scores_latest"
     metrics: str = "metrics"
     comparison: str = "comparison"
     models: str = "models"
@@ -384,6 +385,28 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Optional MLflow tracking of params, metrics and model artifacts (off by default)."""
+
+    mlflow: bool = False
+    # Empty: MLflow's own choice (MLFLOW_TRACKING_URI, or the workspace on Databricks).
+    tracking_uri: str = ""
+    experiment: str = "ulr-spark"
+    log_models: bool = True
+
+    def validate(self, at: str) -> None:
+        if self.mlflow:
+            import importlib.util
+
+            _check(
+                importlib.util.find_spec("mlflow") is not None,
+                f"{at}.mlflow",
+                "is true but mlflow is not installed (pip install mlflow-skinny, or set it to false)",
+            )
+            _check(bool(self.experiment), f"{at}.experiment", "must name an experiment")
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
@@ -394,6 +417,7 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self, at: str = "") -> None:
         _check(

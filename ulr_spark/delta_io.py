@@ -1,15 +1,57 @@
-"""Delta reads and writes. Every write is one Delta transaction tagged with the run id.
+"""Delta reads and writes. Every data write is one Delta transaction tagged with the run id.
 
 Reruns are idempotent: a stage either overwrites its whole table (inputs such as the log and the
 examples) or replaces exactly the rows of its run (``replaceWhere``), never appends duplicates.
+
+Each written table also carries, for downstream readers, column comments (from
+:data:`ulr_spark.schema.COLUMN_COMMENTS`, in the same transaction as the data) and table
+properties naming the newest write: run id, stage, models and config hash. Delta sets arbitrary
+properties of an existing table only through ``ALTER TABLE``, so they follow in a second,
+metadata-only commit with the same ``userMetadata``; the data commit never depends on it
+(docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ulr_spark import schema as S
+
+PROPERTY_PREFIX = "ulr_spark."
+CHANGE_FEED = "delta.enableChangeDataFeed"
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+# Columns Delta adds to a change feed.
+CHANGE_TYPE = "_change_type"
+COMMIT_VERSION = "_commit_version"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who wrote a table: recorded in its commits and its properties."""
+
+    run_id: str
+    stage: str
+    config_hash: str
+    models: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, config, run_id: str, stage: str, models: Sequence[str] = ()) -> "Provenance":
+        return cls(run_id=run_id, stage=stage, config_hash=config.fingerprint(), models=tuple(models))
+
+    @property
+    def user_metadata(self) -> str:
+        return f"ulr-spark run_id={self.run_id}"
+
+    def properties(self) -> dict[str, str]:
+        values = {"run_id": self.run_id, "stage": self.stage, "config_hash": self.config_hash}
+        if self.models:
+            values["models"] = ",".join(self.models)
+        return {PROPERTY_PREFIX + k: v for k, v in values.items()}
 
 
 def read_table(spark: SparkSession, path: str) -> DataFrame:
@@ -25,42 +67,120 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
 
+def with_column_comments(df: DataFrame) -> DataFrame:
+    """Attach the documented comment of every known column (kept by Delta in the schema)."""
+    for name in df.columns:
+        comment = S.COLUMN_COMMENTS.get(name)
+        if comment:
+            df = df.withMetadata(name, {**df.schema[name].metadata, "comment": comment})
+    return df
+
+
 def overwrite_table(
     df: DataFrame,
     path: str,
-    run_id: str,
+    table: str,
+    provenance: Provenance,
     partition_by: Optional[list[str]] = None,
+    change_feed: bool = False,
 ) -> None:
-    """Replace the whole table in one transaction (the schema too)."""
+    """Replace the whole table in one transaction (the schema too). ``table`` is the name the
+    table is documented under (:data:`ulr_spark.schema.TABLE_COMMENTS`)."""
     writer = (
-        df.write.format("delta")
+        with_column_comments(df)
+        .write.format("delta")
         .mode("overwrite")
         .option("overwriteSchema", "true")
-        .option("userMetadata", _user_metadata(run_id))
+        .option("userMetadata", provenance.user_metadata)
     )
+    if change_feed:
+        writer = writer.option(CHANGE_FEED, "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(path)
+    set_table_properties(df.sparkSession, path, table, provenance, change_feed)
 
 
-def replace_rows(df: DataFrame, path: str, run_id: str, predicate: str) -> None:
+def replace_rows(
+    df: DataFrame, path: str, table: str, provenance: Provenance, predicate: str, change_feed: bool = False
+) -> None:
     """Replace the rows matching ``predicate`` with ``df`` in one transaction.
 
     ``df`` must only hold rows that match the predicate (Delta checks it). On a table that does
-    not exist yet this creates it.
+    not exist yet this creates it, with the change feed on from its first version if asked.
     """
     spark = df.sparkSession
-    writer = df.write.format("delta").option("userMetadata", _user_metadata(run_id))
+    writer = with_column_comments(df).write.format("delta").option("userMetadata", provenance.user_metadata)
     if table_exists(spark, path):
         writer.mode("overwrite").option("replaceWhere", predicate).save(path)
     else:
+        if change_feed:
+            writer = writer.option(CHANGE_FEED, "true")
         writer.mode("errorifexists").save(path)
+    set_table_properties(spark, path, table, provenance, change_feed)
+
+
+def set_table_properties(
+    spark: SparkSession, path: str, table: str, provenance: Provenance, change_feed: bool = False
+) -> None:
+    """The newest writer's properties (and the table's description) in one metadata commit."""
+    properties = {**provenance.properties(), "comment": S.TABLE_COMMENTS.get(table, "")}
+    if change_feed:
+        properties[CHANGE_FEED] = "true"
+    assignments = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in properties.items() if v)
+    with user_metadata(spark, provenance.user_metadata):
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})")
+
+
+class user_metadata:
+    """Tag the Delta commits of SQL statements, which take no writer options."""
+
+    def __init__(self, spark: SparkSession, value: str):
+        self.spark, self.value = spark, value
+
+    def __enter__(self) -> None:
+        self.previous = self.spark.conf.get(USER_METADATA_CONF, None)
+        self.spark.conf.set(USER_METADATA_CONF, self.value)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is None:
+            self.spark.conf.unset(USER_METADATA_CONF)
+        else:
+            self.spark.conf.set(USER_METADATA_CONF, self.previous)
+
+
+def table_properties(spark: SparkSession, path: str) -> dict[str, str]:
+    return dict(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["properties"])
+
+
+def commits_of_run(spark: SparkSession, path: str, run_id: str) -> list[int]:
+    """The versions of the table whose commit carries the run id."""
+    from delta.tables import DeltaTable
+
+    history = DeltaTable.forPath(spark, path).history().select("version", "userMetadata")
+    tag = Provenance(run_id, "", "").user_metadata
+    return sorted(r["version"] for r in history.where(F.col("userMetadata") == tag).collect())
+
+
+def read_changes_since_run(spark: SparkSession, path: str, run_id: str) -> DataFrame:
+    """The table's change feed after the last commit of ``run_id``: what later runs changed.
+
+    Rows carry Delta's ``_change_type`` (insert, delete, update_preimage, update_postimage) and
+    ``_commit_version``. Empty when nothing was committed after the run.
+    """
+    from delta.tables import DeltaTable
+
+    versions = commits_of_run(spark, path, run_id)
+    if not versions:
+        raise ValueError(f"no commit of run_id={run_id!r} in {path}")
+    latest = DeltaTable.forPath(spark, path).history(1).first()["version"]
+    start = versions[-1] + 1
+    reader = spark.read.format("delta").option("readChangeFeed", "true")
+    if start > latest:
+        return reader.option("startingVersion", latest).load(path).where(F.lit(False))
+    return reader.option("startingVersion", start).load(path)
 
 
 def sql_string(value: str) -> str:
     """Quote a value for a SQL predicate."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _user_metadata(run_id: str) -> str:
-    return f"ulr-spark run_id={run_id}"

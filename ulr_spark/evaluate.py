@@ -15,7 +15,7 @@ from pyspark.sql.window import Window
 
 from ulr_spark import schema as S
 from ulr_spark.config import Config
-from ulr_spark.delta_io import read_table, replace_rows, sql_string, table_exists
+from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string, table_exists
 
 BIAS_ERROR = "bias_curve_error"
 
@@ -90,7 +90,10 @@ def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
         F.lit(run_id).alias(S.RUN_ID), S.MODEL, S.METRIC, F.col(S.VALUE).cast("double"),
         F.current_timestamp().alias(S.EVALUATED_AT),
     )
-    replace_rows(metrics.coalesce(1), tables.path("metrics"), run_id, f"{S.RUN_ID} = {sql_string(run_id)}")
+    replace_rows(
+        metrics.coalesce(1), tables.path("metrics"), "metrics", Provenance.of(config, run_id, "evaluate"),
+        f"{S.RUN_ID} = {sql_string(run_id)}",
+    )
     return read_table(spark, tables.path("metrics")).where(run_filter)
 
 

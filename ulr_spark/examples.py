@@ -20,8 +20,9 @@ from pyspark.sql import types as T
 
 from ulr_spark import schema as S
 from ulr_spark.config import Config, LogColumns
-from ulr_spark.delta_io import overwrite_table, read_table
+from ulr_spark.delta_io import Provenance, overwrite_table, read_table
 from ulr_spark.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
+from ulr_spark.spark import describe_step
 from ulr_spark.validate import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
 
 
@@ -145,6 +146,7 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     merged rows are cached, and nothing is written unless every rule holds.
     """
     cols, k = config.columns, config.examples.max_slate_size
+    describe_step(spark, "check the log's schema")
     log = read_table(spark, config.tables.path("impressions"))
     total = log.count()  # answered from the Delta log's file statistics, not a scan
     if total == 0:
@@ -159,6 +161,7 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     merged = merge_identical_slates(slates, k) if config.examples.merge_identical_slates else unmerged_slates(slates)
     merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        describe_step(spark, "group requests into slates, count the rules, merge identical slates")
         check_columns = RequestChecks.count_columns(merged)
         totals = merged.agg(
             F.count(F.lit(1)).alias("examples"),
@@ -182,11 +185,14 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
             config.train.num_processes,
             config.examples.partitions,
         )
+        describe_step(spark, "write the examples")
         vocabulary = context_vocabulary(merged)
         examples = with_context_ids(merged, vocabulary).repartition(files)
         # The vocabulary travels inside the examples (context_id next to context_key), so one
         # transaction writes everything the trainer needs.
-        overwrite_table(examples, config.tables.path("examples"), run_id)
+        overwrite_table(
+            examples, config.tables.path("examples"), "examples", Provenance.of(config, run_id, "build-examples")
+        )
     finally:
         merged.unpersist()
     n_examples, requests = int(totals["examples"]), int(totals["requests"])

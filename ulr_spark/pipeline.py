@@ -7,12 +7,14 @@ from typing import Callable, Optional
 
 from pyspark.sql import SparkSession
 
-from ulr_spark.artifacts import latest_run_id, new_run_id
+from ulr_spark import schema as S
+from ulr_spark.artifacts import latest_run_id, new_run_id, read_artifact
 from ulr_spark.config import Config
 from ulr_spark.evaluate import evaluate, format_metrics
 from ulr_spark.examples import build_examples
 from ulr_spark.score import score
 from ulr_spark.simulate import simulate
+from ulr_spark.spark import stage_group
 from ulr_spark.train import train
 
 STAGES = ("simulate", "build-examples", "train", "score", "evaluate")
@@ -27,8 +29,16 @@ def resolve_run_id(config: Config, stage: str, run_id: Optional[str]) -> str:
     return new_run_id()
 
 
-def _describe(spark: SparkSession, stage: str, run_id: str) -> None:
-    spark.sparkContext.setJobGroup(f"ulr-spark {stage}", f"ulr-spark {stage} run_id={run_id}", False)
+def _track(config: Config, stage: str, run_id: str, result: object) -> None:
+    """MLflow, when ``tracking.mlflow`` is on: training params, losses and models; metrics."""
+    from ulr_spark import tracking
+
+    if not tracking.enabled(config):
+        return
+    if stage == "train":
+        tracking.log_training(config, run_id, [read_artifact(path) for path in result])
+    elif stage == "evaluate":
+        tracking.log_metrics(config, run_id, {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in result.collect()})
 
 
 def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> object:
@@ -39,10 +49,11 @@ def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> o
         "score": lambda: score(config, spark, run_id),
         "evaluate": lambda: evaluate(config, spark, run_id),
     }
-    _describe(spark, stage, run_id)
+    stage_group(spark, stage, run_id)
     started = time.time()
     print(f"== {stage} (run_id={run_id})", flush=True)
     result = actions[stage]()
+    _track(config, stage, run_id, result)
     if stage == "evaluate":
         print(format_metrics(result))
     else:

@@ -42,3 +42,61 @@ LABEL = "label"
 SPLIT = "split"  # "train" (queries that appear in the log) or "heldout"
 SPLIT_TRAIN = "train"
 SPLIT_HELDOUT = "heldout"
+
+# Columns of the simulated log and truth, and of the comparison table.
+EVENT_DATE = "event_date"
+EXAMINATION_ABSOLUTE = "examination_absolute"
+COMPARE_ID = "compare_id"
+SCENARIO = "scenario"
+SEED = "seed"
+
+# The scores table's derived table: the newest score of every (model, query, item).
+SCORES_LATEST = "scores_latest"
+
+# Column comments written into every table's schema (docs/tables.md explains the same).
+COLUMN_COMMENTS = {
+    "request_id": "one page view (request) of the log",
+    QUERY_ID: "query (or feed) the items were ranked for",
+    ITEM_ID: "item shown or scored",
+    POSITION: "1-based slot on the page, row by row on a grid",
+    "clicked": "1 if the item was clicked in this request, else 0",
+    FEATURES: "relevance features, float32: one item's (log, candidates, scores input) or slot-major "
+    "max_slate_size x num_features with zero padding (examples)",
+    EVENT_DATE: "day of the request (partition column of the log)",
+    SPLIT: "train (queries in the log) or heldout (queries kept out of the log, for evaluation)",
+    LABEL: "true relevance grade 0..4 of the simulation",
+    EXAMINATION: "examination probability relative to slot 1 of the default context",
+    EXAMINATION_ABSOLUTE: "examination probability theta of the simulation (page-averaged for context scenarios)",
+    CONTEXT_KEY: "page context, e.g. device=mobile|layout=list; 'default' without context columns",
+    CONTEXT_ID: "dense integer id of context_key, input of the bias tower",
+    SLATE_SIZE: "filled slots of the slate, <= max_slate_size",
+    ITEM_IDS: "item of each slot, padded with empty strings",
+    POSITIONS: "1-based slot of each entry, 0 for padding",
+    IMPRESSIONS: "requests merged into this row: the example's weight",
+    CLICKS: "clicks summed over the merged requests, per entry",
+    MODEL: "model name (architecture or configured variant)",
+    RUN_ID: "run that wrote the row (also in the Delta commit's userMetadata)",
+    SCORE: "debiased relevance logit of the relevance tower; higher ranks first",
+    SCORED_AT: "time the score was computed",
+    TRAINED_AT: "time the model was trained",
+    METRIC: "metric name: ndcg@k or bias_curve_error",
+    VALUE: "metric value",
+    EVALUATED_AT: "time of the evaluation",
+    COMPARE_ID: "comparison run",
+    SCENARIO: "simulated scenario of the comparison",
+    SEED: "seed of the scenario's simulation and training",
+}
+
+# Table descriptions (Delta's table comment), by the name of the table's key in `tables:`.
+TABLE_COMMENTS = {
+    "impressions": "impression log: one row per item shown in a request, with its slot and click",
+    "candidates": "every (query, item) pair of the simulated catalogue with its features",
+    "truth_labels": "true relevance grades of the simulation",
+    "truth_examination": "true examination curve of the simulation, per context and slot",
+    "examples": "training examples: one row per distinct slate, weighted by the requests merged into it",
+    "bias_curves": "learned examination curves per model, run and context",
+    "scores": "debiased relevance scores per run, model, query and item; change data feed enabled",
+    SCORES_LATEST: "newest score of every (model, query, item) across runs; change data feed enabled",
+    "metrics": "NDCG and bias-curve error per run and model",
+    "comparison": "metrics of every model, scenario and seed of a comparison",
+}

@@ -1,8 +1,9 @@
 """Scoring: the relevance towers of a run applied to (query, item) pairs inside Spark.
 
 The weights are broadcast once; each Python worker rebuilds the models once and scores Arrow
-batches with ``mapInPandas``. All models of the run are scored in one pass over the input and
-written in one transaction that replaces the run's rows, so a rerun never duplicates them.
+batches with ``mapInArrow``. All models of the run are scored in one pass over the input and
+written in one transaction that replaces the run's rows, so a rerun never duplicates them. A
+second transaction merges them into ``scores_latest``, the newest score of every pair.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import io
 import uuid
 import warnings
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from pyspark.sql import DataFrame, SparkSession
@@ -20,9 +21,19 @@ from pyspark.sql import types as T
 from ulr_spark import schema as S
 from ulr_spark.artifacts import run_artifacts, weights_bytes
 from ulr_spark.config import Config
-from ulr_spark.delta_io import read_table, replace_rows, sql_string
+from ulr_spark.delta_io import (
+    Provenance,
+    overwrite_table,
+    read_table,
+    replace_rows,
+    set_table_properties,
+    sql_string,
+    table_exists,
+    user_metadata,
+)
 from ulr_spark.models import ModelSpec, build_model
 from ulr_spark.sizing import set_shuffle_partitions, table_bytes
+from ulr_spark.spark import describe_step
 
 SCORE_SCHEMA = T.StructType(
     [
@@ -144,10 +155,13 @@ def pairs_to_score(config: Config, spark: SparkSession) -> DataFrame:
     )
 
 
-def score(config: Config, spark: SparkSession, run_id: str) -> int:
-    """Score the configured pairs with every model of the run; returns rows written."""
+def score(config: Config, spark: SparkSession, run_id: str, pairs: Optional[DataFrame] = None) -> int:
+    """Score ``pairs`` (by default the pairs of ``score.source``) with every model of the run
+    into ``tables.scores``; returns the rows written for the run."""
     artifacts = run_artifacts(config.tables.path("models"), run_id)
-    scores = score_pairs(pairs_to_score(config, spark), spark, artifacts, config.score.batch_size).select(
+    if pairs is None:
+        pairs = pairs_to_score(config, spark)
+    scores = score_pairs(pairs, spark, artifacts, config.score.batch_size).select(
         S.QUERY_ID,
         S.ITEM_ID,
         S.SCORE,
@@ -155,6 +169,40 @@ def score(config: Config, spark: SparkSession, run_id: str) -> int:
         F.lit(run_id).alias(S.RUN_ID),
         F.current_timestamp().alias(S.SCORED_AT),
     )
+    provenance = Provenance.of(config, run_id, "score", [a.spec.name for a in artifacts])
     path = config.tables.path("scores")
-    replace_rows(scores, path, run_id, f"{S.RUN_ID} = {sql_string(run_id)}")
-    return read_table(spark, path).where(F.col(S.RUN_ID) == run_id).count()
+    describe_step(spark, f"score {len(artifacts)} model(s) and write the scores")
+    replace_rows(scores, path, "scores", provenance, f"{S.RUN_ID} = {sql_string(run_id)}", change_feed=True)
+    run_scores = read_table(spark, path).where(F.col(S.RUN_ID) == run_id)
+    describe_step(spark, "merge the run's scores into scores_latest")
+    update_latest_scores(run_scores, config.tables.path("scores_latest"), provenance)
+    return run_scores.count()
+
+
+LATEST_KEY = (S.MODEL, S.QUERY_ID, S.ITEM_ID)
+
+
+def update_latest_scores(run_scores: DataFrame, path: str, provenance: Provenance) -> None:
+    """Merge a run's scores into the table of the newest score per (model, query, item).
+
+    One MERGE transaction: pairs new to the table are inserted, and a pair's row is replaced only
+    when its score changed, so the table's change feed holds exactly the scores that changed.
+    Pairs this run did not score keep their previous row.
+    """
+    from delta.tables import DeltaTable
+
+    spark = run_scores.sparkSession
+    if not table_exists(spark, path):
+        overwrite_table(run_scores, path, S.SCORES_LATEST, provenance, change_feed=True)
+        return
+    on = " AND ".join(f"latest.{c} = run.{c}" for c in LATEST_KEY)
+    with user_metadata(spark, provenance.user_metadata):
+        (
+            DeltaTable.forPath(spark, path)
+            .alias("latest")
+            .merge(run_scores.alias("run"), on)
+            .whenMatchedUpdateAll(condition=f"NOT (latest.{S.SCORE} <=> run.{S.SCORE})")
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    set_table_properties(spark, path, S.SCORES_LATEST, provenance, change_feed=True)

@@ -30,7 +30,7 @@ from pyspark.sql import types as T
 
 from ulr_spark import schema as S
 from ulr_spark.config import Config, LogColumns, SimulateConfig
-from ulr_spark.delta_io import overwrite_table, read_table
+from ulr_spark.delta_io import Provenance, overwrite_table, read_table
 from ulr_spark.letor import read_letor
 
 
@@ -281,7 +281,7 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
         F.date_add(
             F.lit(cfg.start_date).cast("date"),
             F.floor(F.col("id") * cfg.days / cfg.num_requests).cast("int"),
-        ).alias("event_date"),
+        ).alias(S.EVENT_DATE),
     )
     pages = (
         requests.join(F.broadcast(per_query), "train_rank")
@@ -289,7 +289,7 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
         .select(
             "request_index",
             S.QUERY_ID,
-            "event_date",
+            S.EVENT_DATE,
             F.transform("slate", lambda entry: entry["attraction"]).alias("attractions"),
             F.posexplode("slate").alias("index", "entry"),
         )
@@ -301,7 +301,7 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
     shown = pages.select(
         "request_index",
         S.QUERY_ID,
-        "event_date",
+        S.EVENT_DATE,
         (F.col("index") + 1).alias("slot"),
         F.col("entry")[S.ITEM_ID].alias(S.ITEM_ID),
         F.col("entry")[S.FEATURES].alias(S.FEATURES),
@@ -328,7 +328,7 @@ def impression_log(shown: DataFrame, cfg: SimulateConfig, cols: LogColumns) -> D
         .cast("int")
         .alias(cols.clicked),
         F.col(S.FEATURES).cast(T.ArrayType(T.FloatType())).alias(cols.features),
-        F.col("event_date"),
+        F.col(S.EVENT_DATE),
     )
 
 
@@ -352,7 +352,7 @@ def true_examination(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedT
                 S.CONTEXT_KEY: S.DEFAULT_CONTEXT_KEY,
                 S.POSITION: positions,
                 S.EXAMINATION: absolute / absolute[0],
-                "examination_absolute": absolute,
+                S.EXAMINATION_ABSOLUTE: absolute,
             }
         )
     )
@@ -372,12 +372,16 @@ def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]
         S.FEATURES, F.col(S.FEATURES).cast(T.ArrayType(T.FloatType()))
     )
     labels = spark.createDataFrame(catalogue[[S.QUERY_ID, S.ITEM_ID, S.LABEL, S.SPLIT]])
-    overwrite_table(candidates.coalesce(1), tables.path("candidates"), run_id)
-    overwrite_table(labels.coalesce(1), tables.path("truth_labels"), run_id)
+    provenance = Provenance.of(config, run_id, "simulate")
+    overwrite_table(candidates.coalesce(1), tables.path("candidates"), "candidates", provenance)
+    overwrite_table(labels.coalesce(1), tables.path("truth_labels"), "truth_labels", provenance)
     shown = shown_items(spark, config, truth)
-    overwrite_table(true_examination(spark, cfg, truth, shown).coalesce(1), tables.path("truth_examination"), run_id)
+    overwrite_table(
+        true_examination(spark, cfg, truth, shown).coalesce(1), tables.path("truth_examination"), "truth_examination",
+        provenance,
+    )
     log = impression_log(shown, cfg, config.columns)
-    overwrite_table(log, tables.path("impressions"), run_id, partition_by=["event_date"])
+    overwrite_table(log, tables.path("impressions"), "impressions", provenance, partition_by=[S.EVENT_DATE])
     return {
         "impressions": read_table(spark, tables.path("impressions")).count(),
         "candidates": len(catalogue),

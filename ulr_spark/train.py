@@ -23,10 +23,11 @@ from pyspark.sql import functions as F
 from ulr_spark import schema as S
 from ulr_spark.artifacts import artifact_dir, load_model, read_artifact, save_artifact
 from ulr_spark.config import Config
-from ulr_spark.delta_io import read_table, replace_rows, sql_string
+from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string
 from ulr_spark.loaders import SlateBatch, make_converter, quiet_petastorm_warnings, shard_batches
 from ulr_spark.models import MODEL_CLASSES, ModelSpec, PageSample, TrainingObjective, build_model
 from ulr_spark.sizing import is_shared_storage, petastorm_layout, table_bytes
+from ulr_spark.spark import describe_step
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class TrainJob:
     weight_decay: float
     seed: int
     use_gpu: bool
+    # CPU threads of each process: the driver knows the cores (local) or spark.task.cpus (cluster).
+    cpu_threads: int
     artifact_path: str
     card: dict
 
@@ -139,12 +142,11 @@ def train_worker(jobs: list[TrainJob], converter) -> None:
     use_gpu = jobs[0].use_gpu
     dist.init_process_group("nccl" if use_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device = _device(use_gpu)
     if use_gpu:
         torch.cuda.set_device(device)
     else:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        torch.set_num_threads(jobs[0].cpu_threads)
     try:
         for job in jobs:
             _train_one(job, converter, rank, world, device)
@@ -152,12 +154,29 @@ def train_worker(jobs: list[TrainJob], converter) -> None:
         dist.destroy_process_group()
 
 
+def runs_on_cluster(spark: SparkSession) -> bool:
+    """The session's master decides, not the config: spark-submit may have chosen another."""
+    return not spark.sparkContext.master.startswith("local")
+
+
+def cpu_threads_per_process(spark: SparkSession, num_processes: int) -> int:
+    """Locally the driver's cores are shared by the processes; on a cluster each process is one
+    barrier task and owns ``spark.task.cpus`` cores of its executor."""
+    if runs_on_cluster(spark):
+        return int(spark.conf.get("spark.task.cpus", "1"))
+    return max(1, (os.cpu_count() or 1) // num_processes)
+
+
 def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], converter) -> None:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     tc = config.train
-    # The session's master decides, not the config: spark-submit may have chosen another.
-    local = spark.sparkContext.master.startswith("local")
+    local = not runs_on_cluster(spark)
+    print(
+        f"train: TorchDistributor(num_processes={tc.num_processes}, local_mode={local}, use_gpu={tc.use_gpu}) "
+        f"on {spark.sparkContext.master}",
+        flush=True,
+    )
     TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(
         train_worker, jobs, converter
     )
@@ -213,6 +232,7 @@ def model_spec(config: Config, name: str, shape: ExamplesShape) -> ModelSpec:
 def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     """Train every configured model on the examples; returns the artifact paths."""
     tc, tables = config.train, config.tables
+    describe_step(spark, "read the shape of the examples")
     examples = read_table(spark, tables.path("examples"))
     shape = describe_examples(examples)
     steps = max(1, math.ceil(shape.rows / (tc.batch_size * tc.num_processes)))
@@ -222,12 +242,13 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     )
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
-    if not spark.sparkContext.master.startswith("local") and not is_shared_storage(cache_url):
+    if runs_on_cluster(spark) and not is_shared_storage(cache_url):
         print(
             f"train: WARNING tables.petastorm_cache is {cache_url}, a local path, on a cluster: every training "
             "process reads it, so it must be shared storage (dbfs:/, s3a://, abfss://, hdfs://) or a shared mount"
         )
     layout = petastorm_layout(table_bytes(spark, tables.path("examples")), tc.num_processes, config.examples.partitions)
+    describe_step(spark, "cache the examples for Petastorm")
     converter = make_converter(spark, examples, cache_url, layout, shape.max_slate_size)
     jobs = []
     for name in tc.models:
@@ -252,6 +273,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 weight_decay=tc.weight_decay,
                 seed=tc.seed,
                 use_gpu=tc.use_gpu,
+                cpu_threads=cpu_threads_per_process(spark, tc.num_processes),
                 artifact_path=artifact_dir(tables.path("models"), run_id, name),
                 card=card,
             )
@@ -259,6 +281,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     curves = []
     try:
         pages = sample_pages(examples, shape, tc.bias_curve_sample, tc.seed)
+        describe_step(spark, f"train {', '.join(tc.models)} with TorchDistributor")
         _run_distributed(spark, config, jobs, converter)
         for job in jobs:
             if MODEL_CLASSES[job.spec.architecture].has_bias_tower:
@@ -266,8 +289,12 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     finally:
         converter.delete()
     if curves:
+        describe_step(spark, "write the learned bias curves")
         bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(
             S.TRAINED_AT, F.current_timestamp()
         )
-        replace_rows(bias.coalesce(1), tables.path("bias_curves"), run_id, f"{S.RUN_ID} = {sql_string(run_id)}")
+        replace_rows(
+            bias.coalesce(1), tables.path("bias_curves"), "bias_curves", Provenance.of(config, run_id, "train", tc.models),
+            f"{S.RUN_ID} = {sql_string(run_id)}",
+        )
     return [job.artifact_path for job in jobs]

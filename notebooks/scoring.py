@@ -1,0 +1,61 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Score (query, item) pairs with a trained run
+# MAGIC Applies the relevance tower of every model of a run to a table of pairs and writes the
+# MAGIC debiased scores to a Delta table (one transaction that replaces the run's rows, so a rerun
+# MAGIC never duplicates them). All logic lives in `ulr_spark.score`.
+# MAGIC
+# MAGIC Widgets: `config`, `tables_root`, `overrides` (as in the quickstart), `run_id` (empty = the
+# MAGIC newest trained run), `pairs_table` (a Delta path with `query_id`, `item_id`, `features`
+# MAGIC array<float>; empty = the config's `score.source`), `scores_table` (the output Delta path;
+# MAGIC empty = the config's `tables.scores`).
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC The library, notebook-scoped (skip this cell when the wheel is installed on the cluster):
+
+# COMMAND ----------
+
+# MAGIC %pip install /dbfs/path/to/ulr_spark-0.1.0-py3-none-any.whl
+
+# COMMAND ----------
+
+dbutils.widgets.text("config", "conf/demo.yaml", "Config file")  # noqa: F821
+dbutils.widgets.text("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root")  # noqa: F821
+dbutils.widgets.text("overrides", "", "Overrides (key=value, comma or newline separated)")  # noqa: F821
+dbutils.widgets.text("run_id", "", "Run id (empty = newest)")  # noqa: F821
+dbutils.widgets.text("pairs_table", "", "Pairs Delta path (empty = score.source)")  # noqa: F821
+dbutils.widgets.text("scores_table", "", "Scores Delta path (empty = tables.scores)")  # noqa: F821
+
+# COMMAND ----------
+
+from ulr_spark import diagnostics as D
+from ulr_spark.config import load_config
+from ulr_spark.delta_io import read_table
+from ulr_spark.score import score
+
+overrides = D.parse_overrides(dbutils.widgets.get("overrides"))  # noqa: F821
+overrides += [D.path_override("tables.root", dbutils.widgets.get("tables_root"))]  # noqa: F821
+scores_table = dbutils.widgets.get("scores_table").strip()  # noqa: F821
+if scores_table:
+    overrides += [D.path_override("tables.scores", scores_table)]
+config = load_config(D.find_config(dbutils.widgets.get("config")), overrides)  # noqa: F821
+run_id = D.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
+pairs_table = dbutils.widgets.get("pairs_table").strip()  # noqa: F821
+pairs = read_table(spark, pairs_table) if pairs_table else None  # noqa: F821
+print(f"run_id = {run_id}; pairs from {pairs_table or 'score.source=' + config.score.source}")
+
+# COMMAND ----------
+
+rows = score(config, spark, run_id, pairs=pairs)  # noqa: F821
+print(f"{rows} score rows for run {run_id} in {config.tables.path('scores')}")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC A sample of the run's scores (`score` is the relevance logit of each model):
+
+# COMMAND ----------
+
+display(D.run_scores(spark, config, run_id).limit(20))  # noqa: F821

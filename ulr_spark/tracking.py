@@ -1,0 +1,82 @@
+"""Optional MLflow tracking (``tracking.mlflow: true``; off by default).
+
+One MLflow run per ulr-spark run id, found again by its tag, so stages that run in separate
+processes (``train`` now, ``evaluate`` later) add to the same MLflow run. ``train`` logs the
+flattened config as params, each model's loss per epoch and the model artifacts; ``evaluate``
+logs the metrics. The Delta tables stay the record; MLflow is a view for people who use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any, Iterator
+
+from ulr_spark.config import Config
+
+RUN_ID_TAG = "ulr_spark.run_id"
+CONFIG_HASH_TAG = "ulr_spark.config_hash"
+# MLflow's limits: at most 100 params per call and 6000 characters per value.
+PARAMS_PER_CALL = 100
+MAX_PARAM_LENGTH = 6000
+
+
+def enabled(config: Config) -> bool:
+    return config.tracking.mlflow
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}``; lists stay one value."""
+    if isinstance(value, dict):
+        flat: dict[str, str] = {}
+        for key, item in value.items():
+            flat.update(flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: str(value)[:MAX_PARAM_LENGTH]}
+
+
+def metric_name(model: str, metric: str) -> str:
+    """MLflow metric names allow letters, digits and ``_-. /``: ``ndcg@10`` -> ``ndcg_at_10``."""
+    return re.sub(r"[^\w.\- /]", "_", f"{model}/{metric.replace('@', '_at_')}")
+
+
+@contextlib.contextmanager
+def mlflow_run(config: Config, run_id: str) -> Iterator[Any]:
+    """The MLflow run of ``run_id``: resumed when a stage already started it, else created."""
+    import mlflow
+
+    tc = config.tracking
+    if tc.tracking_uri:
+        mlflow.set_tracking_uri(tc.tracking_uri)
+    experiment = mlflow.set_experiment(tc.experiment)
+    found = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'",
+        output_format="list",
+        max_results=1,
+    )
+    if found:
+        run = mlflow.start_run(run_id=found[0].info.run_id)
+    else:
+        run = mlflow.start_run(run_name=run_id, tags={RUN_ID_TAG: run_id, CONFIG_HASH_TAG: config.fingerprint()})
+    with run:
+        yield mlflow
+
+
+def log_training(config: Config, run_id: str, artifacts: list) -> None:
+    """Params, each model's loss per epoch, and (with ``log_models``) the artifact folders."""
+    with mlflow_run(config, run_id) as mlflow:
+        params = sorted(flatten(config.to_dict()).items())
+        for start in range(0, len(params), PARAMS_PER_CALL):
+            mlflow.log_params(dict(params[start : start + PARAMS_PER_CALL]))
+        for artifact in artifacts:
+            for epoch, loss in enumerate(artifact.card.get("loss_history", []), start=1):
+                mlflow.log_metric(metric_name(artifact.spec.name, "train_loss"), loss, step=epoch)
+            if config.tracking.log_models:
+                mlflow.log_artifacts(artifact.path, artifact_path=f"models/{artifact.spec.name}")
+
+
+def log_metrics(config: Config, run_id: str, metrics: dict[tuple[str, str], float]) -> None:
+    """``{(model, metric): value}`` from ``evaluate``."""
+    with mlflow_run(config, run_id) as mlflow:
+        mlflow.log_metrics({metric_name(model, metric): value for (model, metric), value in metrics.items()})
