@@ -21,20 +21,16 @@
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "conf/demo.yaml", "Config file")  # noqa: F821
-dbutils.widgets.text("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root")  # noqa: F821
-dbutils.widgets.text("overrides", "", "Overrides (key=value, comma or newline separated)")  # noqa: F821
-dbutils.widgets.text("run_id", "", "Run id (empty = newest)")  # noqa: F821
-dbutils.widgets.text("plot_path", "/dbfs/tmp/ulr-spark-quickstart/bias_curves.png", "PNG path")  # noqa: F821
+from ulr_spark import diagnostics as D
+
+D.add_widgets(
+    dbutils,  # noqa: F821
+    [("run_id", "", "Run id (empty = newest)"), ("plot_path", "/dbfs/tmp/ulr-spark-quickstart/bias_curves.png", "PNG path")],
+)
 
 # COMMAND ----------
 
-from ulr_spark import diagnostics as D
-from ulr_spark.config import load_config
-
-overrides = D.parse_overrides(dbutils.widgets.get("overrides"))  # noqa: F821
-overrides += [D.path_override("tables.root", dbutils.widgets.get("tables_root"))]  # noqa: F821
-config = load_config(D.find_config(dbutils.widgets.get("config")), overrides)  # noqa: F821
+config = D.config_from_widgets(dbutils)  # noqa: F821
 run_id = D.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
 print(f"run_id = {run_id}")
 

@@ -16,19 +16,14 @@
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "conf/demo.yaml", "Config file")  # noqa: F821
-dbutils.widgets.text("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root")  # noqa: F821
-dbutils.widgets.text("overrides", "", "Overrides (key=value, comma or newline separated)")  # noqa: F821
+from ulr_spark.diagnostics import add_widgets, config_from_widgets, run_metrics
+from ulr_spark.pipeline import run_all
+
+add_widgets(dbutils)  # noqa: F821  (config, tables_root, overrides)
 
 # COMMAND ----------
 
-from ulr_spark.config import load_config
-from ulr_spark.diagnostics import find_config, parse_overrides, path_override, run_metrics
-from ulr_spark.pipeline import run_all
-
-overrides = parse_overrides(dbutils.widgets.get("overrides"))  # noqa: F821
-overrides += [path_override("tables.root", dbutils.widgets.get("tables_root"))]  # noqa: F821
-config = load_config(find_config(dbutils.widgets.get("config")), overrides)  # noqa: F821
+config = config_from_widgets(dbutils)  # noqa: F821
 
 # COMMAND ----------
 

@@ -21,26 +21,23 @@
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "conf/demo.yaml", "Config file")  # noqa: F821
-dbutils.widgets.text("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root")  # noqa: F821
-dbutils.widgets.text("overrides", "", "Overrides (key=value, comma or newline separated)")  # noqa: F821
-dbutils.widgets.text("run_id", "", "Run id (empty = newest)")  # noqa: F821
-dbutils.widgets.text("pairs_table", "", "Pairs Delta path (empty = score.source)")  # noqa: F821
-dbutils.widgets.text("scores_table", "", "Scores Delta path (empty = tables.scores)")  # noqa: F821
-
-# COMMAND ----------
-
 from ulr_spark import diagnostics as D
-from ulr_spark.config import load_config
 from ulr_spark.delta_io import read_table
 from ulr_spark.score import score
 
-overrides = D.parse_overrides(dbutils.widgets.get("overrides"))  # noqa: F821
-overrides += [D.path_override("tables.root", dbutils.widgets.get("tables_root"))]  # noqa: F821
+D.add_widgets(
+    dbutils,  # noqa: F821
+    [
+        ("run_id", "", "Run id (empty = newest)"),
+        ("pairs_table", "", "Pairs Delta path (empty = score.source)"),
+        ("scores_table", "", "Scores Delta path (empty = tables.scores)"),
+    ],
+)
+
+# COMMAND ----------
+
 scores_table = dbutils.widgets.get("scores_table").strip()  # noqa: F821
-if scores_table:
-    overrides += [D.path_override("tables.scores", scores_table)]
-config = load_config(D.find_config(dbutils.widgets.get("config")), overrides)  # noqa: F821
+config = D.config_from_widgets(dbutils, [D.path_override("tables.scores", scores_table)] if scores_table else [])  # noqa: F821
 run_id = D.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
 pairs_table = dbutils.widgets.get("pairs_table").strip()  # noqa: F821
 pairs = read_table(spark, pairs_table) if pairs_table else None  # noqa: F821

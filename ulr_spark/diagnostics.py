@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from ulr_spark import schema as S
 from ulr_spark.artifacts import latest_run_id, run_artifacts
-from ulr_spark.config import Config, LogColumns
+from ulr_spark.config import Config, LogColumns, load_config
 from ulr_spark.delta_io import read_table, table_exists
 from ulr_spark.validate import context_key
 
@@ -106,6 +106,28 @@ def find_config(path: str) -> str:
         if parent == here:
             raise FileNotFoundError(f"config {path!r} not found in {os.getcwd()} or any folder above it")
         here = parent
+
+
+# The widgets every notebook shares: (name, default, label).
+CONFIG_WIDGETS = (
+    ("config", "conf/demo.yaml", "Config file"),
+    ("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root"),
+    ("overrides", "", "Overrides (key=value, comma or newline separated)"),
+)
+
+
+def add_widgets(dbutils, extra: tuple = ()) -> None:
+    """The shared widgets, then the notebook's own ``(name, default, label)`` ones."""
+    for name, default, label in CONFIG_WIDGETS + tuple(extra):
+        dbutils.widgets.text(name, default, label)
+
+
+def config_from_widgets(dbutils, extra_overrides: tuple = ()) -> Config:
+    """The config the shared widgets describe: the file, then the ``overrides`` widget, then
+    ``tables_root``, then the notebook's own overrides."""
+    get = dbutils.widgets.get
+    overrides = parse_overrides(get("overrides")) + [path_override("tables.root", get("tables_root"))]
+    return load_config(find_config(get("config")), overrides + list(extra_overrides))
 
 
 def run_or_latest(config: Config, run_id: Optional[str]) -> str:
