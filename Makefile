@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 
 # The library's wheel, to install on cluster nodes or pack with its dependencies (docs/cluster.md).
 dist: $(STAMP)
+	rm -rf build
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
 	rm -rf build
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,12 +37,15 @@ def free_port() -> int:
 
 
 def build_wheel(project_dir: str, out_dir: str) -> str:
-    """``pip wheel`` of the project, as a user would build it for a cluster."""
+    """``pip wheel`` of the project, as ``make dist`` builds it. setuptools stages files in the
+    project's ``build/``, where a deleted module would linger into the wheel: it starts empty."""
+    shutil.rmtree(os.path.join(project_dir, "build"), ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out_dir, project_dir],
         check=True,
         cwd=out_dir,
     )
+    shutil.rmtree(os.path.join(project_dir, "build"), ignore_errors=True)
     (wheel,) = glob.glob(os.path.join(out_dir, "ulr_spark-*.whl"))
     return wheel
 
