@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench dist clean
+.PHONY: install demo test test-fast lint bench dist clean
 
 $(STAMP): requirements.txt setup.py
 	@command -v java >/dev/null || { echo "Java 17 is required (java not found on PATH)"; exit 1; }
@@ -24,9 +24,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra tests
 
-# The scaling benchmarks (about 35 min on 2 cores, 10 GB of disk at the 100M size); writes docs/benchmarks.md.
+# The scaling benchmarks (the last run's time and disk use are in docs/benchmarks.md, which it rewrites).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --sizes 1M,10M,100M --throughput-at 10M
+
+# ruff (lint, import order) and mypy (types) on the library; both settings are in pyproject.toml.
+lint: $(STAMP)
+	$(BIN)/ruff check ulr_spark tests bench jobs notebooks
+	$(BIN)/mypy
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow" tests

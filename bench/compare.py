@@ -1,5 +1,5 @@
 """Benchmark of model quality: every model on every scenario, 3 seeds, with the boosted-tree
-baselines, side by side in one run (ulr_spark.compare). Writes docs/comparison.md and
+baselines, side by side in one run (ulr_spark.experiments.compare). Writes docs/comparison.md and
 docs/comparison_curves.png and prints the command that reproduces them.
 
     .venv/bin/python bench/compare.py [--config conf/compare.yaml] [--set key=value ...]

@@ -17,17 +17,20 @@ def examples_sql(files: list[str], max_slate_size: int, num_features: int, outpu
     """The statements that check the log, build the merged examples and write them."""
     k, d = max_slate_size, num_features
     file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-    rules = [
-        "request_id IS NULL",
-        "query_id IS NULL",
-        "item_id IS NULL",
-        "position IS NULL",
-        "position < 1",
-        "clicked IS NULL OR clicked NOT IN (0, 1)",
-        "features IS NULL",
-        f"features IS NOT NULL AND (len(features) != {d} OR list_bool_or([isnan(v) OR v IS NULL FOR v IN features]))",
-    ]
-    rule_sums = ",\n".join(f"count_if({r}) AS rule{i}" for i, r in enumerate(rules))
+    # The row rules of ulr_spark.examples.validation.row_rules, by the same names.
+    rules = {
+        "null_request_id": "request_id IS NULL",
+        "null_query_id": "query_id IS NULL",
+        "null_item_id": "item_id IS NULL",
+        "null_position": "position IS NULL",
+        "position_below_1": "position < 1",
+        "clicked_not_binary": "clicked IS NULL OR clicked NOT IN (0, 1)",
+        "null_features": "features IS NULL",
+        "malformed_features": f"features IS NOT NULL AND (len(features) != {d} "
+        "OR list_bool_or([isnan(v) OR v IS NULL FOR v IN features]))",
+    }
+    broken = [f"broken_{name}" for name in rules]
+    rule_sums = ",\n".join(f"count_if({condition}) AS broken_{name}" for name, condition in rules.items())
     click_sums = ", ".join(f"sum(request_clicks[{i + 1}])::INT" for i in range(k))
     padded_features = f"list_resize(flatten([e.features FOR e IN slate]), {k * d}, 0.0::FLOAT)"
     per_request = f"""
@@ -50,11 +53,11 @@ def examples_sql(files: list[str], max_slate_size: int, num_features: int, outpu
                list_resize([e.position FOR e IN coalesce(slate, [])], {k}, 0) AS positions,
                {padded_features.replace('slate', 'coalesce(slate, [])')} AS features,
                list_resize([e.clicked FOR e IN coalesce(slate, [])], {k}, 0) AS request_clicks,
-               {", ".join(f"rule{i}" for i in range(len(rules)))}, log_rows, beyond_rows, shared_slot, multi_query
+               {", ".join(broken)}, log_rows, beyond_rows, shared_slot, multi_query
         FROM ({per_request})
     """
     check_sums = ", ".join(
-        f"sum({c}) AS {c}" for c in [f"rule{i}" for i in range(len(rules))] + ["log_rows", "beyond_rows", "shared_slot", "multi_query"]
+        f"sum({c}) AS {c}" for c in broken + ["log_rows", "beyond_rows", "shared_slot", "multi_query"]
     )
     return [
         f"""CREATE TEMP TABLE merged AS
@@ -63,7 +66,7 @@ def examples_sql(files: list[str], max_slate_size: int, num_features: int, outpu
             FROM ({slates})
             GROUP BY query_id, context_key, slate_size, item_ids, positions, features""",
         "SELECT count(*) AS examples, sum(impressions) AS requests, "
-        + ", ".join(f"sum({c})" for c in [f"rule{i}" for i in range(len(rules))] + ["shared_slot", "multi_query"])
+        + ", ".join(f"sum({c})" for c in broken + ["shared_slot", "multi_query"])
         + " FROM merged",
         f"""COPY (SELECT query_id, context_key, 0 AS context_id, slate_size, item_ids, positions, features,
                         impressions, clicks FROM merged)

@@ -10,7 +10,7 @@ STAGES = ("simulate", "build_examples", "train", "score")
 ROLES = ("driver_python", "jvm", "python_worker", "training_process")
 MIB = 1024 * 1024
 
-# The targets of issue 4 (on the 2-core machine, in the benchmark).
+# The targets the benchmark checks (on the 2-core machine).
 MAX_SPARK_OVER_DUCKDB_AT_10M = 4.0
 MIN_PETASTORM_RATIO = 0.8
 MIN_SCORE_RATIO = 0.5

@@ -23,14 +23,14 @@ SLATE_SIZE = 10
 
 
 def run(args) -> dict:
-    from ulr_spark.artifacts import read_artifact
     from ulr_spark.config import load_config
-    from ulr_spark.examples import build_examples
-    from ulr_spark.loaders import quiet_petastorm_warnings
-    from ulr_spark.score import score
-    from ulr_spark.simulate import simulate
-    from ulr_spark.spark import get_spark
-    from ulr_spark.train import train
+    from ulr_spark.examples.slates import build_examples
+    from ulr_spark.io.artifacts import read_artifact
+    from ulr_spark.io.spark import get_spark
+    from ulr_spark.scoring import score
+    from ulr_spark.simulation.simulator import simulate
+    from ulr_spark.training.driver import train
+    from ulr_spark.training.loaders import quiet_petastorm_warnings
 
     quiet_petastorm_warnings()
     requests = max(1, args.impressions // SLATE_SIZE)

@@ -1,8 +1,8 @@
 """Side-by-side throughput measurements, each against a plain-PyTorch reference in one run.
 
-- Training: the same model, batch size and step (``ulr_spark.train.train_step``) fed by
+- Training: the same model, batch size and step (``ulr_spark.training.worker.train_step``) fed by
   Petastorm from the examples table, then from tensors already in memory.
-- Scoring: ``ulr_spark.score.score_pairs`` in Spark (read Delta, Arrow to the Python workers,
+- Scoring: ``ulr_spark.scoring.score_pairs`` in Spark (read Delta, Arrow to the Python workers,
   write Delta) against the same relevance tower over the same Parquet files read with pyarrow
   and written with pyarrow, in one process using every core.
 """
@@ -17,15 +17,16 @@ import time
 import numpy as np
 import torch
 
-from ulr_spark import schema as S
-from ulr_spark.artifacts import load_model
+from ulr_spark import schema
 from ulr_spark.config import Config
-from ulr_spark.delta_io import read_table
-from ulr_spark.loaders import SlateBatch, make_converter, shard_batches
-from ulr_spark.models import TrainingObjective, build_model
-from ulr_spark.score import SCORE_ARROW_SCHEMA, feature_matrix, score_pairs
-from ulr_spark.sizing import petastorm_layout, table_bytes
-from ulr_spark.train import describe_examples, model_spec, train_step
+from ulr_spark.io.artifacts import load_model
+from ulr_spark.io.delta import read_table
+from ulr_spark.io.sizing import petastorm_layout, table_bytes
+from ulr_spark.models.registry import TrainingObjective, build_model
+from ulr_spark.scoring import SCORE_ARROW_SCHEMA, feature_matrix, score_pairs
+from ulr_spark.training.driver import describe_examples, model_spec
+from ulr_spark.training.loaders import SlateBatch, make_converter, shard_batches
+from ulr_spark.training.worker import train_step
 
 
 def _timed_steps(model, batches, steps: int, warmup: int) -> float:
@@ -43,27 +44,27 @@ def _timed_steps(model, batches, steps: int, warmup: int) -> float:
 
 
 def _in_memory_batches(examples, batch_size: int, k: int, seed: int):
-    frame = examples.select(*S.TRAINING_COLUMNS).toPandas()
+    frame = examples.select(*schema.TRAINING_COLUMNS).toPandas()
     n = len(frame)
     tensors = {
-        S.FEATURES: torch.from_numpy(np.stack(frame[S.FEATURES].to_numpy()).astype(np.float32)),
-        S.POSITIONS: torch.from_numpy(np.stack(frame[S.POSITIONS].to_numpy()).astype(np.int32)),
-        S.CONTEXT_ID: torch.from_numpy(frame[S.CONTEXT_ID].to_numpy().astype(np.int32)),
-        S.CLICKS: torch.from_numpy(np.stack(frame[S.CLICKS].to_numpy()).astype(np.int32)),
-        S.IMPRESSIONS: torch.from_numpy(frame[S.IMPRESSIONS].to_numpy()),
+        schema.FEATURES: torch.from_numpy(np.stack(frame[schema.FEATURES].to_numpy()).astype(np.float32)),
+        schema.POSITIONS: torch.from_numpy(np.stack(frame[schema.POSITIONS].to_numpy()).astype(np.int32)),
+        schema.CONTEXT_ID: torch.from_numpy(frame[schema.CONTEXT_ID].to_numpy().astype(np.int32)),
+        schema.CLICKS: torch.from_numpy(np.stack(frame[schema.CLICKS].to_numpy()).astype(np.int32)),
+        schema.IMPRESSIONS: torch.from_numpy(frame[schema.IMPRESSIONS].to_numpy()),
     }
-    d = tensors[S.FEATURES].shape[1] // k
+    d = tensors[schema.FEATURES].shape[1] // k
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
             yield SlateBatch(
-                features=tensors[S.FEATURES][index].view(-1, k, d),
-                positions=tensors[S.POSITIONS][index].long(),
-                context_ids=tensors[S.CONTEXT_ID][index].long(),
-                clicks=tensors[S.CLICKS][index].float(),
-                impressions=tensors[S.IMPRESSIONS][index].float(),
+                features=tensors[schema.FEATURES][index].view(-1, k, d),
+                positions=tensors[schema.POSITIONS][index].long(),
+                context_ids=tensors[schema.CONTEXT_ID][index].long(),
+                clicks=tensors[schema.CLICKS][index].float(),
+                impressions=tensors[schema.IMPRESSIONS][index].float(),
             )
 
 
@@ -127,7 +128,7 @@ def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
     def spark_scoring(write: bool) -> float:
         started = time.perf_counter()
         pairs = read_table(spark, log_path).select(
-            _alias(cols.query_id, S.QUERY_ID), _alias(cols.item_id, S.ITEM_ID), _alias(cols.features, S.FEATURES)
+            _alias(cols.query_id, schema.QUERY_ID), _alias(cols.item_id, schema.ITEM_ID), _alias(cols.features, schema.FEATURES)
         )
         scored = score_pairs(pairs, spark, [artifact], batch_size).write
         if write:

@@ -1,4 +1,4 @@
-"""spark-submit entry point: every model on every scenario (see ulr_spark.compare)."""
+"""spark-submit entry point: every model on every scenario (see ulr_spark.experiments.compare)."""
 
 import sys
 

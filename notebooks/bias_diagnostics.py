@@ -21,17 +21,17 @@
 
 # COMMAND ----------
 
-from ulr_spark import diagnostics as D
+from ulr_spark import diagnostics, notebook
 
-D.add_widgets(
+notebook.add_widgets(
     dbutils,  # noqa: F821
     [("run_id", "", "Run id (empty = newest)"), ("plot_path", "/dbfs/tmp/ulr-spark-quickstart/bias_curves.png", "PNG path")],
 )
 
 # COMMAND ----------
 
-config = D.config_from_widgets(dbutils)  # noqa: F821
-run_id = D.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
+config = notebook.config_from_widgets(dbutils)  # noqa: F821
+run_id = notebook.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
 print(f"run_id = {run_id}")
 
 # COMMAND ----------
@@ -41,7 +41,7 @@ print(f"run_id = {run_id}")
 
 # COMMAND ----------
 
-ctr = D.naive_click_through(spark, config)  # noqa: F821
+ctr = diagnostics.naive_click_through(spark, config)  # noqa: F821
 display(ctr)  # noqa: F821
 
 # COMMAND ----------
@@ -52,14 +52,14 @@ display(ctr)  # noqa: F821
 # COMMAND ----------
 
 ctr_pdf = ctr.toPandas()
-learned_pdf = D.learned_curves(spark, config, run_id)  # noqa: F821
-truth_pdf = D.true_curves(spark, config)  # noqa: F821
-curves = D.curves_by_position(D.examination_curves(ctr_pdf, learned_pdf, truth_pdf))
+learned_pdf = diagnostics.learned_curves(spark, config, run_id)  # noqa: F821
+truth_pdf = diagnostics.true_curves(spark, config)  # noqa: F821
+curves = diagnostics.curves_by_position(diagnostics.examination_curves(ctr_pdf, learned_pdf, truth_pdf))
 display(curves)  # noqa: F821
 
 # COMMAND ----------
 
 plot_path = dbutils.widgets.get("plot_path")  # noqa: F821
-figure = D.plot_examination_diagnostics(ctr_pdf, learned_pdf, truth_pdf, plot_path)
+figure = diagnostics.plot_examination_diagnostics(ctr_pdf, learned_pdf, truth_pdf, plot_path)
 print(f"saved {plot_path}")
 display(figure)  # noqa: F821

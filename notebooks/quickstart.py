@@ -16,7 +16,7 @@
 
 # COMMAND ----------
 
-from ulr_spark.diagnostics import add_widgets, config_from_widgets, run_metrics
+from ulr_spark.notebook import add_widgets, config_from_widgets, run_metrics
 from ulr_spark.pipeline import run_all
 
 add_widgets(dbutils)  # noqa: F821  (config, tables_root, overrides)

@@ -3,7 +3,7 @@
 # MAGIC # Score (query, item) pairs with a trained run
 # MAGIC Applies the relevance tower of every model of a run to a table of pairs and writes the
 # MAGIC debiased scores to a Delta table (one transaction that replaces the run's rows, so a rerun
-# MAGIC never duplicates them). All logic lives in `ulr_spark.score`.
+# MAGIC never duplicates them). All logic lives in `ulr_spark.scoring`.
 # MAGIC
 # MAGIC Widgets: `config`, `tables_root`, `overrides` (as in the quickstart), `run_id` (empty = the
 # MAGIC newest trained run), `pairs_table` (a Delta path with `query_id`, `item_id`, `features`
@@ -21,11 +21,11 @@
 
 # COMMAND ----------
 
-from ulr_spark import diagnostics as D
-from ulr_spark.delta_io import read_table
-from ulr_spark.score import score
+from ulr_spark import notebook
+from ulr_spark.io.delta import read_table
+from ulr_spark.scoring import score
 
-D.add_widgets(
+notebook.add_widgets(
     dbutils,  # noqa: F821
     [
         ("run_id", "", "Run id (empty = newest)"),
@@ -37,8 +37,8 @@ D.add_widgets(
 # COMMAND ----------
 
 scores_table = dbutils.widgets.get("scores_table").strip()  # noqa: F821
-config = D.config_from_widgets(dbutils, [D.path_override("tables.scores", scores_table)] if scores_table else [])  # noqa: F821
-run_id = D.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
+config = notebook.config_from_widgets(dbutils, [notebook.path_override("tables.scores", scores_table)] if scores_table else [])  # noqa: F821
+run_id = notebook.run_or_latest(config, dbutils.widgets.get("run_id"))  # noqa: F821
 pairs_table = dbutils.widgets.get("pairs_table").strip()  # noqa: F821
 pairs = read_table(spark, pairs_table) if pairs_table else None  # noqa: F821
 print(f"run_id = {run_id}; pairs from {pairs_table or 'score.source=' + config.score.source}")
@@ -55,4 +55,4 @@ print(f"{rows} score rows for run {run_id} in {config.tables.path('scores')}")
 
 # COMMAND ----------
 
-display(D.run_scores(spark, config, run_id).limit(20))  # noqa: F821
+display(notebook.run_scores(spark, config, run_id).limit(20))  # noqa: F821

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="session")
 def spark():
-    from ulr_spark.spark import get_spark
+    from ulr_spark.io.spark import get_spark
 
     session = get_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"))
     yield session

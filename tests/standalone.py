@@ -89,7 +89,7 @@ class StandaloneCluster:
     master_ui: str = ""
     _processes: Optional[list] = None
 
-    def __enter__(self) -> "StandaloneCluster":
+    def __enter__(self) -> StandaloneCluster:
         os.makedirs(self.work_dir, exist_ok=True)
         port, ui_port = free_port(), free_port()
         self.master_url, self.master_ui = f"spark://127.0.0.1:{port}", f"http://127.0.0.1:{ui_port}"

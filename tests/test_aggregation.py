@@ -1,4 +1,4 @@
-"""Merging identical slates is lossless (DESIGN section 2): on a log where head queries repeat
+"""Merging identical slates is lossless (docs/design.md, "Examples"): on a log where head queries repeat
 their slate, the merged examples give every model the same loss and the same gradients as one
 row per request, and so the same trained model."""
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from tests.conftest import small_config
-from ulr_spark import schema as S
-from ulr_spark.delta_io import read_table
-from ulr_spark.examples import build_examples
-from ulr_spark.models import ModelSpec, build_model
-from ulr_spark.simulate import simulate
+from ulr_spark import schema
+from ulr_spark.examples.slates import build_examples
+from ulr_spark.io.delta import read_table
+from ulr_spark.models.registry import build_model
+from ulr_spark.models.spec import ModelSpec
+from ulr_spark.simulation.simulator import simulate
 
 K, D = 6, 4
 
@@ -31,7 +32,7 @@ def merged_and_unmerged(spark, tmp_path_factory):
     simulate(spark, merged_config, "agg")
     summaries = build_examples(merged_config, spark, "agg"), build_examples(unmerged_config, spark, "agg")
     tables = [
-        read_table(spark, c.tables.path("examples")).select(*S.TRAINING_COLUMNS).toPandas()
+        read_table(spark, c.tables.path("examples")).select(*schema.TRAINING_COLUMNS).toPandas()
         for c in (merged_config, unmerged_config)
     ]
     return summaries, [_tensors(t) for t in tables]
@@ -39,11 +40,11 @@ def merged_and_unmerged(spark, tmp_path_factory):
 
 def _tensors(frame):
     return (
-        torch.from_numpy(np.stack(frame[S.FEATURES].to_numpy()).astype(np.float32).reshape(len(frame), K, D)),
-        torch.from_numpy(np.stack(frame[S.POSITIONS].to_numpy()).astype(np.int64)),
-        torch.from_numpy(frame[S.CONTEXT_ID].to_numpy().astype(np.int64)),
-        torch.from_numpy(np.stack(frame[S.CLICKS].to_numpy()).astype(np.float32)),
-        torch.from_numpy(frame[S.IMPRESSIONS].to_numpy().astype(np.float32)),
+        torch.from_numpy(np.stack(frame[schema.FEATURES].to_numpy()).astype(np.float32).reshape(len(frame), K, D)),
+        torch.from_numpy(np.stack(frame[schema.POSITIONS].to_numpy()).astype(np.int64)),
+        torch.from_numpy(frame[schema.CONTEXT_ID].to_numpy().astype(np.int64)),
+        torch.from_numpy(np.stack(frame[schema.CLICKS].to_numpy()).astype(np.float32)),
+        torch.from_numpy(frame[schema.IMPRESSIONS].to_numpy().astype(np.float32)),
     )
 
 

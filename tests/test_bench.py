@@ -7,9 +7,9 @@ from bench.duckdb_reference import run_duckdb_examples
 from bench.report import label, parse_size, targets
 from bench.throughput import parquet_files
 from tests.conftest import small_config
-from ulr_spark.delta_io import read_table
-from ulr_spark.examples import build_examples
-from ulr_spark.simulate import simulate
+from ulr_spark.examples.slates import build_examples
+from ulr_spark.io.delta import read_table
+from ulr_spark.simulation.simulator import simulate
 
 
 def test_duckdb_reference_builds_the_same_examples(spark, tmp_path):

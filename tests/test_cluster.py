@@ -19,7 +19,7 @@ from tests.standalone import (
     pack,
     thin_environment,
 )
-from ulr_spark.spark import DELTA_PACKAGE
+from ulr_spark.io.spark import DELTA_PACKAGE
 
 SMALL = [
     "simulate.num_queries=200",
@@ -89,12 +89,12 @@ def test_spark_submit_stages_on_a_standalone_cluster(shipped, tmp_path):
     assert "train[additive] epoch 2/2" in outputs["train"]
     # The executors imported the library from the unpacked archive.
     assert any(
-        glob.glob(os.path.join(d, ARCHIVE_ALIAS, "lib", "python*", "site-packages", "ulr_spark", "train.py"))
+        glob.glob(os.path.join(d, ARCHIVE_ALIAS, "lib", "python*", "site-packages", "ulr_spark", "training", "worker.py"))
         for d in application_dirs
     ), application_dirs
 
     from ulr_spark.config import SparkConfig
-    from ulr_spark.spark import get_spark
+    from ulr_spark.io.spark import get_spark
 
     spark = get_spark(SparkConfig(master="local[2]"))
     scores = spark.read.format("delta").load(str(tables / "scores")).where("run_id = 'cluster-run'")

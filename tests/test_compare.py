@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 
 from tests.conftest import ROOT
-from ulr_spark import schema as S
-from ulr_spark.compare import SCENARIO, SEED, check_claims, markdown_report, plot_curves, scenario_config, summarise
-from ulr_spark.config import CompareClaim, CompareScenario, config_from_dict
+from ulr_spark import schema
+from ulr_spark.config import config_from_dict
+from ulr_spark.experiments.compare import SCENARIO, SEED, check_claims, markdown_report, plot_curves, scenario_config, summarise
+from ulr_spark.experiments.settings import CompareClaim, CompareScenario
 
 
 def metrics_frame():
@@ -19,12 +20,12 @@ def metrics_frame():
             ("pbm", seed, "pal", "bias_curve_error", err + 0.3),
             ("pbm", seed, "close", "ndcg@10", b + 0.01),
         ]
-    return pd.DataFrame(rows, columns=[SCENARIO, SEED, S.MODEL, S.METRIC, S.VALUE])
+    return pd.DataFrame(rows, columns=[SCENARIO, SEED, schema.MODEL, schema.METRIC, schema.VALUE])
 
 
 def test_summary_has_mean_and_spread_over_seeds():
     summary = summarise(metrics_frame())
-    row = summary[(summary[S.MODEL] == "additive") & (summary[S.METRIC] == "ndcg@10")].iloc[0]
+    row = summary[(summary[schema.MODEL] == "additive") & (summary[schema.METRIC] == "ndcg@10")].iloc[0]
     assert row["mean"] == pytest.approx(0.80) and row["std"] == pytest.approx(0.02) and row["count"] == 3
 
 
@@ -45,7 +46,7 @@ def test_a_claim_holds_only_when_the_paired_gap_exceeds_its_spread():
     # A gap that changes sign between seeds does not hold, although its mean is positive.
     flip = metrics_frame()
     for seed, naive, difference in [(1, 0.70, 0.05), (2, 0.71, 0.05), (3, 0.69, -0.03)]:
-        flip.loc[(flip[SEED] == seed) & (flip[S.MODEL] == "close"), S.VALUE] = naive + difference
+        flip.loc[(flip[SEED] == seed) & (flip[schema.MODEL] == "close"), schema.VALUE] = naive + difference
     result = check_claims(flip, [CompareClaim("pbm", "close", "naive", "ndcg@10")])[0]
     assert result.gap > 0 and not result.holds
 
@@ -60,7 +61,7 @@ def test_report_and_plot(tmp_path):
     assert "| additive | 0.8000 ± 0.0200 | 0.0600 ± 0.0100 |" in report
     curves = pd.DataFrame(
         [("pbm", 1, m, k, v) for m, vals in {"truth": [1, .9, .7], "additive": [1, .85, .72]}.items() for k, v in enumerate(vals, 1)],
-        columns=[SCENARIO, SEED, S.MODEL, S.POSITION, S.EXAMINATION],
+        columns=[SCENARIO, SEED, schema.MODEL, schema.POSITION, schema.EXAMINATION],
     )
     path = tmp_path / "plots" / "curves.png"
     plot_curves(curves, str(path))

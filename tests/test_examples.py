@@ -4,9 +4,9 @@ from pyspark.sql import types as T
 
 from tests.conftest import small_config
 from tests.test_validate import LOG_SCHEMA
-from ulr_spark import schema as S
-from ulr_spark.delta_io import read_table
-from ulr_spark.examples import build_examples
+from ulr_spark import schema
+from ulr_spark.examples.slates import build_examples
+from ulr_spark.io.delta import read_table
 
 
 def test_identical_slates_merge_into_weighted_rows(spark, tmp_path):
@@ -33,33 +33,33 @@ def test_identical_slates_merge_into_weighted_rows(spark, tmp_path):
 
     table = config.tables.path("examples")
     assert os.path.isdir(os.path.join(table, "_delta_log"))
-    examples = {tuple(r[S.ITEM_IDS]): r for r in read_table(spark, table).collect()}
+    examples = {tuple(r[schema.ITEM_IDS]): r for r in read_table(spark, table).collect()}
     merged = examples[("a", "b", "c")]
-    assert merged[S.IMPRESSIONS] == 2
-    assert merged[S.CLICKS] == [2, 1, 0]
-    assert merged[S.POSITIONS] == [1, 2, 3]
-    assert merged[S.FEATURES] == f["a"] + f["b"] + f["c"]
-    assert examples[("b", "a", "c")][S.IMPRESSIONS] == 1
-    assert examples[("b", "a", "c")][S.CLICKS] == [0, 1, 0]
+    assert merged[schema.IMPRESSIONS] == 2
+    assert merged[schema.CLICKS] == [2, 1, 0]
+    assert merged[schema.POSITIONS] == [1, 2, 3]
+    assert merged[schema.FEATURES] == f["a"] + f["b"] + f["c"]
+    assert examples[("b", "a", "c")][schema.IMPRESSIONS] == 1
+    assert examples[("b", "a", "c")][schema.CLICKS] == [0, 1, 0]
     short = examples[("d", "a", "")]
-    assert short[S.SLATE_SIZE] == 2
-    assert short[S.POSITIONS] == [1, 2, 0]
-    assert short[S.FEATURES] == f["d"] + f["a"] + [0.0, 0.0]
-    assert short[S.CLICKS] == [0, 1, 0]
+    assert short[schema.SLATE_SIZE] == 2
+    assert short[schema.POSITIONS] == [1, 2, 0]
+    assert short[schema.FEATURES] == f["d"] + f["a"] + [0.0, 0.0]
+    assert short[schema.CLICKS] == [0, 1, 0]
     # Total clicks and impressions are preserved by merging (the beyond-cap slot aside).
-    assert sum(sum(r[S.CLICKS]) for r in examples.values()) == 5
-    assert sum(r[S.IMPRESSIONS] for r in examples.values()) == 4
+    assert sum(sum(r[schema.CLICKS]) for r in examples.values()) == 5
+    assert sum(r[schema.IMPRESSIONS] for r in examples.values()) == 4
 
 
 def test_context_columns_become_context_ids(spark, tmp_path):
     config = small_config(tmp_path, columns={"context": ["device"]}, examples={"max_slate_size": 2, "partitions": 2})
-    schema = T.StructType(LOG_SCHEMA.fields + [T.StructField("device", T.StringType())])
+    log_schema = T.StructType(LOG_SCHEMA.fields + [T.StructField("device", T.StringType())])
     rows = [
         ("r1", "q1", "a", 1, 1, [1.0], "mobile"), ("r1", "q1", "b", 2, 0, [2.0], "mobile"),
         ("r2", "q1", "a", 1, 1, [1.0], "desktop"), ("r2", "q1", "b", 2, 0, [2.0], "desktop"),
     ]
-    spark.createDataFrame(rows, schema).write.format("delta").save(config.tables.path("impressions"))
+    spark.createDataFrame(rows, log_schema).write.format("delta").save(config.tables.path("impressions"))
     summary = build_examples(config, spark, "test")
     assert summary.contexts == 2 and summary.examples == 2
-    ids = {r[S.CONTEXT_KEY]: r[S.CONTEXT_ID] for r in read_table(spark, config.tables.path("examples")).collect()}
+    ids = {r[schema.CONTEXT_KEY]: r[schema.CONTEXT_ID] for r in read_table(spark, config.tables.path("examples")).collect()}
     assert ids == {"device=desktop": 0, "device=mobile": 1}

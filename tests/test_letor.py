@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from ulr_spark.letor import LetorFormatError, read_letor
+from ulr_spark.simulation.letor import LetorFormatError, read_letor
 
 YAHOO = os.path.join(os.path.dirname(ROOT), "shared", "data", "yahoo_ltr_sample")
 

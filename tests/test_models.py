@@ -2,13 +2,11 @@ import math
 
 import torch
 
-from ulr_spark.models import (
-    AdditiveTwoTower,
-    ModelSpec,
-    NaiveModel,
-    PageSample,
-    weighted_click_loss,
-)
+from ulr_spark.models.base import NaiveModel
+from ulr_spark.models.curves import PageSample
+from ulr_spark.models.losses import summed_click_nll
+from ulr_spark.models.spec import ModelSpec
+from ulr_spark.models.two_tower import AdditiveTwoTower
 
 
 def spec(name, contexts=1):
@@ -41,10 +39,10 @@ def test_merged_row_loss_equals_sum_of_request_losses():
     logits = torch.tensor([[0.3, -1.0, 2.0, 0.0]])
     positions = torch.tensor([[1, 2, 3, 0]])  # slot 4 is padding
     requests = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
-    merged_loss, merged_weight = weighted_click_loss(
+    merged_loss, merged_weight = summed_click_nll(
         logits, requests.sum(0, keepdim=True), torch.tensor([3.0]), positions
     )
-    single = [weighted_click_loss(logits, r.unsqueeze(0), torch.tensor([1.0]), positions) for r in requests]
+    single = [summed_click_nll(logits, r.unsqueeze(0), torch.tensor([1.0]), positions) for r in requests]
     assert torch.allclose(merged_loss, sum(loss for loss, _ in single))
     assert merged_weight.item() == 9.0  # 3 requests x 3 real slots
     p = torch.sigmoid(logits[0, :3])
@@ -64,20 +62,20 @@ def test_examination_curve_of_additive_model_with_flat_relevance():
     items = torch.randn(50, 1, 3)  # one-item pages
     pages = PageSample(items, torch.ones((50, 1), dtype=torch.long), torch.zeros(50, dtype=torch.long))
     curve = model.examination_curve(pages, context_id=0)
-    sigma = lambda v: 1 / (1 + math.exp(-v))
+
+    def sigma(v):
+        return 1 / (1 + math.exp(-v))
+
     expected = [sigma(o) / sigma(0.0) for o in offsets[1:]]
     assert torch.allclose(curve, torch.tensor(expected), atol=1e-6)
 
 
 # --- the model family ----------------------------------------------------------------------
 
-from ulr_spark.models import (  # noqa: E402
-    DotProductTwoTower,
-    MixEMTwoTower,
-    PALModel,
-    XPATwoTower,
-    build_model,
-)
+from ulr_spark.models.mixem import MixEMTwoTower  # noqa: E402
+from ulr_spark.models.registry import build_model  # noqa: E402
+from ulr_spark.models.two_tower import DotProductTwoTower, PALModel  # noqa: E402
+from ulr_spark.models.xpa import XPATwoTower  # noqa: E402
 
 
 def family_spec(name, **options):

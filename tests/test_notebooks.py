@@ -17,9 +17,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from tests.conftest import ROOT
-from ulr_spark import schema as S
+from ulr_spark import schema
 from ulr_spark.config import LogColumns
-from ulr_spark.delta_io import read_table
 from ulr_spark.diagnostics import (
     CTR,
     CTR_RELATIVE,
@@ -28,9 +27,10 @@ from ulr_spark.diagnostics import (
     click_through_by_position,
     curves_by_position,
     examination_curves,
-    parse_overrides,
     plot_examination_diagnostics,
 )
+from ulr_spark.io.delta import read_table
+from ulr_spark.notebook import parse_overrides
 
 NOTEBOOKS = os.path.join(ROOT, "notebooks")
 HEADER = "# Databricks notebook source"
@@ -157,7 +157,7 @@ def test_click_through_by_position_on_a_hand_made_log(spark):
         "request_id string, query_id string, item_id string, slot int, click boolean, device string, features array<float>",
     )
     got = click_through_by_position(log, columns, max_slate_size=3).toPandas()
-    assert list(got.columns) == [S.CONTEXT_KEY, S.POSITION, S.IMPRESSIONS, S.CLICKS, CTR, CTR_RELATIVE]
+    assert list(got.columns) == [schema.CONTEXT_KEY, schema.POSITION, schema.IMPRESSIONS, schema.CLICKS, CTR, CTR_RELATIVE]
     expected = [
         # context, slot, impressions, clicks, ctr, relative to slot 1 (None: no click in slot 1)
         ("device=desktop", 1, 1, 1, 1.0, 1.0),
@@ -170,27 +170,27 @@ def test_click_through_by_position_on_a_hand_made_log(spark):
         ("device=tablet", 2, 1, 1, 1.0, None),
     ]
     actual = [
-        (r[S.CONTEXT_KEY], r[S.POSITION], r[S.IMPRESSIONS], r[S.CLICKS], r[CTR], None if pd.isna(r[CTR_RELATIVE]) else r[CTR_RELATIVE])
+        (r[schema.CONTEXT_KEY], r[schema.POSITION], r[schema.IMPRESSIONS], r[schema.CLICKS], r[CTR], None if pd.isna(r[CTR_RELATIVE]) else r[CTR_RELATIVE])
         for r in got.to_dict("records")
     ]
     assert actual == expected
 
     # Without context columns every row falls in the default context.
     plain = click_through_by_position(log, LogColumns(position="slot", clicked="click"), max_slate_size=2).toPandas()
-    assert plain[S.CONTEXT_KEY].tolist() == [S.DEFAULT_CONTEXT_KEY] * 2
-    assert plain[[S.IMPRESSIONS, S.CLICKS]].values.tolist() == [[4, 2], [4, 2]]
+    assert plain[schema.CONTEXT_KEY].tolist() == [schema.DEFAULT_CONTEXT_KEY] * 2
+    assert plain[[schema.IMPRESSIONS, schema.CLICKS]].values.tolist() == [[4, 2], [4, 2]]
     assert plain[CTR_RELATIVE].tolist() == [1.0, 1.0]
 
 
 def test_plot_has_one_panel_per_context_and_works_without_a_truth(tmp_path):
     ctr = pd.DataFrame(
-        {S.CONTEXT_KEY: ["device=a"] * 2 + ["device=b"] * 2, S.POSITION: [1, 2, 1, 2], CTR_RELATIVE: [1.0, 0.5, 1.0, None]}
+        {schema.CONTEXT_KEY: ["device=a"] * 2 + ["device=b"] * 2, schema.POSITION: [1, 2, 1, 2], CTR_RELATIVE: [1.0, 0.5, 1.0, None]}
     )
     learned = pd.DataFrame(
-        {S.MODEL: ["additive"] * 2, S.CONTEXT_KEY: ["device=a"] * 2, S.POSITION: [1, 2], S.EXAMINATION: [1.0, 0.7]}
+        {schema.MODEL: ["additive"] * 2, schema.CONTEXT_KEY: ["device=a"] * 2, schema.POSITION: [1, 2], schema.EXAMINATION: [1.0, 0.7]}
     )
     curves = curves_by_position(examination_curves(ctr, learned, None))
-    assert list(curves.columns) == [S.CONTEXT_KEY, S.POSITION, NAIVE_CTR_CURVE, "additive"]
+    assert list(curves.columns) == [schema.CONTEXT_KEY, schema.POSITION, NAIVE_CTR_CURVE, "additive"]
     assert curves[NAIVE_CTR_CURVE].tolist()[:2] == [1.0, 0.5] and pd.isna(curves["additive"].iloc[2])
 
     path = tmp_path / "new" / "folder" / "plot.png"
@@ -218,8 +218,8 @@ def test_quickstart_runs_the_pipeline_and_shows_the_metrics(quickstart):
     run_id, config = namespace["run_id"], namespace["config"]
     assert config.tables.root == params["tables_root"] and config.simulate.num_requests == 2000
     [metrics] = display.frames()
-    assert len(metrics) > 0 and set(metrics[S.RUN_ID]) == {run_id}
-    ndcg = metrics[metrics[S.METRIC] == "ndcg@10"].set_index(S.MODEL)[S.VALUE]
+    assert len(metrics) > 0 and set(metrics[schema.RUN_ID]) == {run_id}
+    ndcg = metrics[metrics[schema.METRIC] == "ndcg@10"].set_index(schema.MODEL)[schema.VALUE]
     assert sorted(ndcg.index) == sorted(MODELS)
     assert ndcg.between(0, 1).all()
 
@@ -238,11 +238,11 @@ def test_bias_diagnostics_shows_the_learned_curve_near_the_truth(spark, quicksta
     assert any(isinstance(obj, Figure) for obj in display.shown)
 
     ctr, curves = display.frames()
-    assert ctr[S.POSITION].tolist() == list(range(1, MAX_SLATE + 1))
-    assert set(ctr[S.CONTEXT_KEY]) == {S.DEFAULT_CONTEXT_KEY}
-    assert ctr[S.IMPRESSIONS].sum() == 2000 * MAX_SLATE  # every request fills the 10 slots
+    assert ctr[schema.POSITION].tolist() == list(range(1, MAX_SLATE + 1))
+    assert set(ctr[schema.CONTEXT_KEY]) == {schema.DEFAULT_CONTEXT_KEY}
+    assert ctr[schema.IMPRESSIONS].sum() == 2000 * MAX_SLATE  # every request fills the 10 slots
 
-    curves = curves.set_index(S.POSITION)
+    curves = curves.set_index(schema.POSITION)
     assert curves.index.tolist() == list(range(1, MAX_SLATE + 1))
     naive, truth, additive = curves[NAIVE_CTR_CURVE], curves[TRUTH_CURVE], curves["additive"]
     # The simulated examination decays with the slot, so does the naive CTR.
@@ -260,13 +260,13 @@ def test_scoring_writes_one_row_per_pair_and_model_to_the_chosen_table(spark, qu
     params, started, _ = quickstart
     run_id, config = started["run_id"], started["config"]
     candidates = read_table(spark, config.tables.path("candidates"))
-    queries = sorted(r[0] for r in candidates.select(S.QUERY_ID).distinct().collect())[:5]
-    pairs = candidates.where(F.col(S.QUERY_ID).isin(queries)).select(
-        S.QUERY_ID, S.ITEM_ID, F.col(S.FEATURES).cast(T.ArrayType(T.FloatType()))
+    queries = sorted(r[0] for r in candidates.select(schema.QUERY_ID).distinct().collect())[:5]
+    pairs = candidates.where(F.col(schema.QUERY_ID).isin(queries)).select(
+        schema.QUERY_ID, schema.ITEM_ID, F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType()))
     )
     pairs_path, scores_path = str(tmp_path / "pairs"), str(tmp_path / "my_scores")
     pairs.write.format("delta").save(pairs_path)
-    expected_pairs = {(r[S.QUERY_ID], r[S.ITEM_ID]) for r in pairs.collect()}
+    expected_pairs = {(r[schema.QUERY_ID], r[schema.ITEM_ID]) for r in pairs.collect()}
     assert len(expected_pairs) == 5 * config.simulate.candidates_per_query
 
     namespace, display = run_notebook(
@@ -274,20 +274,20 @@ def test_scoring_writes_one_row_per_pair_and_model_to_the_chosen_table(spark, qu
     )
     assert namespace["config"].tables.path("scores") == scores_path
     written = read_table(spark, scores_path).toPandas()
-    assert set(written[S.RUN_ID]) == {run_id}
+    assert set(written[schema.RUN_ID]) == {run_id}
     assert len(written) == namespace["rows"] == len(expected_pairs) * len(MODELS)
-    keys = list(zip(written[S.QUERY_ID], written[S.ITEM_ID], written[S.MODEL]))
+    keys = list(zip(written[schema.QUERY_ID], written[schema.ITEM_ID], written[schema.MODEL]))
     assert len(set(keys)) == len(keys)
     assert set(keys) == {(q, i, m) for q, i in expected_pairs for m in MODELS}
 
     [sample] = display.frames()
-    assert 0 < len(sample) <= 20 and set(sample[S.RUN_ID]) == {run_id}
+    assert 0 < len(sample) <= 20 and set(sample[schema.RUN_ID]) == {run_id}
 
     # The same model on the same features gives the quickstart's scores.
     main = read_table(spark, config.tables.path("scores")).where(
-        (F.col(S.RUN_ID) == run_id) & (F.col(S.MODEL) == "additive") & F.col(S.QUERY_ID).isin(queries)
+        (F.col(schema.RUN_ID) == run_id) & (F.col(schema.MODEL) == "additive") & F.col(schema.QUERY_ID).isin(queries)
     ).toPandas()
-    mine = written[written[S.MODEL] == "additive"]
-    both = mine.merge(main, on=[S.QUERY_ID, S.ITEM_ID], suffixes=("", "_main"))
+    mine = written[written[schema.MODEL] == "additive"]
+    both = mine.merge(main, on=[schema.QUERY_ID, schema.ITEM_ID], suffixes=("", "_main"))
     assert len(both) == len(expected_pairs)
-    assert (both[S.SCORE] - both[f"{S.SCORE}_main"]).abs().max() < 1e-6
+    assert (both[schema.SCORE] - both[f"{schema.SCORE}_main"]).abs().max() < 1e-6

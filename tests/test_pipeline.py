@@ -1,6 +1,5 @@
 """End to end on real Spark, Delta, Petastorm and TorchDistributor (2 processes, gloo)."""
 
-import dataclasses
 import os
 import shutil
 
@@ -8,11 +7,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import small_config
-from ulr_spark import schema as S
-from ulr_spark.artifacts import read_artifact, run_artifacts
+from ulr_spark import schema
 from ulr_spark.config import ScoreConfig
-from ulr_spark.delta_io import read_table
-from ulr_spark.evaluate import BIAS_ERROR
+from ulr_spark.evaluation import BIAS_ERROR
+from ulr_spark.io.artifacts import read_artifact, run_artifacts
+from ulr_spark.io.delta import read_table
 from ulr_spark.pipeline import run_stage
 
 pytestmark = pytest.mark.slow
@@ -43,8 +42,8 @@ def pipeline_run(spark, tmp_path_factory):
 
 
 def metrics_of(spark, config, run_id):
-    rows = read_table(spark, config.tables.path("metrics")).where(F.col(S.RUN_ID) == run_id).collect()
-    return {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in rows}
+    rows = read_table(spark, config.tables.path("metrics")).where(F.col(schema.RUN_ID) == run_id).collect()
+    return {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in rows}
 
 
 def test_additive_model_beats_naive_and_recovers_the_curve(spark, pipeline_run):
@@ -72,11 +71,11 @@ def test_learned_curve_decreases_like_the_truth(spark, pipeline_run):
     config, run_id = pipeline_run
     curve = (
         read_table(spark, config.tables.path("bias_curves"))
-        .where((F.col(S.RUN_ID) == run_id) & (F.col(S.MODEL) == "additive"))
-        .orderBy(S.POSITION)
+        .where((F.col(schema.RUN_ID) == run_id) & (F.col(schema.MODEL) == "additive"))
+        .orderBy(schema.POSITION)
         .collect()
     )
-    values = [r[S.EXAMINATION] for r in curve]
+    values = [r[schema.EXAMINATION] for r in curve]
     assert len(values) == 10 and values[0] == pytest.approx(1.0)
     assert values[1] > values[3] > values[6], values
 
@@ -95,7 +94,7 @@ def test_outputs_are_documented_delta_tables_tagged_with_the_run(spark, pipeline
         detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()
         assert detail["properties"]["ulr_spark.run_id"] == run_id, name
         assert detail["properties"]["ulr_spark.config_hash"] == config.fingerprint(), name
-        assert detail["description"] == S.TABLE_COMMENTS[name], name
+        assert detail["description"] == schema.TABLE_COMMENTS[name], name
         commented = {f.name: f.metadata.get("comment") for f in read_table(spark, path).schema.fields}
         assert all(commented.values()), (name, commented)
     scores = spark.sql(f"DESCRIBE DETAIL delta.`{config.tables.path('scores')}`").first()["properties"]
@@ -117,13 +116,16 @@ def test_artifacts_carry_weights_schema_and_config(pipeline_run):
 
 def test_scoring_twice_replaces_the_run_rows(spark, pipeline_run):
     config, run_id = pipeline_run
-    scores = lambda: read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == run_id)
+
+    def scores():
+        return read_table(spark, config.tables.path("scores")).where(F.col(schema.RUN_ID) == run_id)
+
     before = scores().count()
     candidates = read_table(spark, config.tables.path("candidates")).count()
     assert before == len(MODELS) * candidates  # every (query, item) pair, once per model
     run_stage(config, spark, "score", run_id)
     assert scores().count() == before
-    assert scores().groupBy(S.QUERY_ID, S.ITEM_ID, S.MODEL).count().where("count > 1").count() == 0
+    assert scores().groupBy(schema.QUERY_ID, schema.ITEM_ID, schema.MODEL).count().where("count > 1").count() == 0
 
 
 def copy_run_artifacts(config, run_id, new_run_id):
@@ -137,20 +139,20 @@ def test_another_run_does_not_touch_this_runs_rows(spark, pipeline_run):
     copy_run_artifacts(config, run_id, "second-run")
     run_stage(config, spark, "score", "second-run")
     table = read_table(spark, config.tables.path("scores"))
-    assert table.where(F.col(S.RUN_ID) == "second-run").count() == table.where(F.col(S.RUN_ID) == run_id).count()
+    assert table.where(F.col(schema.RUN_ID) == "second-run").count() == table.where(F.col(schema.RUN_ID) == run_id).count()
 
 
 def test_scoring_the_pairs_of_the_log(spark, pipeline_run):
     config, run_id = pipeline_run
     copy_run_artifacts(config, run_id, "log-pairs-run")
-    from_log = dataclasses.replace(config, score=ScoreConfig(source="impressions"))
+    from_log = config.model_copy(update={"score": ScoreConfig(source="impressions")})
     run_stage(from_log, spark, "score", "log-pairs-run")
     pairs = read_table(spark, config.tables.path("impressions")).select("query_id", "item_id").distinct().count()
-    scores = read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == "log-pairs-run")
+    scores = read_table(spark, config.tables.path("scores")).where(F.col(schema.RUN_ID) == "log-pairs-run")
     assert scores.count() == len(MODELS) * pairs
     # The same weights give the same score to a pair whichever table it came from.
-    this_run = read_table(spark, config.tables.path("scores")).where(F.col(S.RUN_ID) == run_id)
-    joined = scores.alias("a").join(this_run.alias("b"), [S.QUERY_ID, S.ITEM_ID, S.MODEL])
+    this_run = read_table(spark, config.tables.path("scores")).where(F.col(schema.RUN_ID) == run_id)
+    joined = scores.alias("a").join(this_run.alias("b"), [schema.QUERY_ID, schema.ITEM_ID, schema.MODEL])
     assert joined.count() == len(MODELS) * pairs
     assert joined.where(F.abs(F.col("a.score") - F.col("b.score")) > 1e-9).count() == 0
 

@@ -10,10 +10,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import ROOT
-from ulr_spark import schema as S
-from ulr_spark.compare import COMPARE_ID, compare, merge_settings, scenario_config
-from ulr_spark.config import CompareScenario, config_from_dict
-from ulr_spark.delta_io import read_table
+from ulr_spark import schema
+from ulr_spark.config import config_from_dict
+from ulr_spark.experiments.compare import COMPARE_ID, compare, merge_settings, scenario_config
+from ulr_spark.experiments.settings import CompareScenario
+from ulr_spark.io.delta import read_table
 from ulr_spark.pipeline import run_stage
 
 pytestmark = pytest.mark.slow
@@ -32,8 +33,8 @@ def run_small(spark, tmp_path, conf_name, models, seed=11, **settings):
     config = scenario_config(base, scenario, seed)
     for stage in ("simulate", "build-examples", "train", "score", "evaluate"):
         run_stage(config, spark, stage, "scenario-test")
-    rows = read_table(spark, config.tables.path("metrics")).where(F.col(S.RUN_ID) == "scenario-test").collect()
-    return {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in rows}
+    rows = read_table(spark, config.tables.path("metrics")).where(F.col(schema.RUN_ID) == "scenario-test").collect()
+    return {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in rows}
 
 
 def test_mixture_every_two_tower_model_beats_naive(spark, tmp_path):
@@ -92,7 +93,7 @@ def test_compare_on_the_yahoo_sample_against_boosted_trees(spark, tmp_path):
     )
     summary = compare(config, spark, "cmp-test", "pytest")
     table = read_table(spark, os.path.join(config.tables.path("comparison"), "metrics"))
-    rows = {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in table.where(F.col(COMPARE_ID) == "cmp-test").collect()}
+    rows = {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in table.where(F.col(COMPARE_ID) == "cmp-test").collect()}
     for model in ("naive", "additive", "lightgbm_lambdamart", "xgboost_unbiased_lambdamart"):
         assert 0.3 < rows[(model, "ndcg@10")] <= 1.0, rows
     assert "| yahoo_pbm | additive beats lightgbm_lambdamart | ndcg@10 |" in report.read_text()

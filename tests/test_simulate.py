@@ -2,9 +2,10 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from tests.conftest import small_config
-from ulr_spark import schema as S
-from ulr_spark.delta_io import read_table
-from ulr_spark.simulate import attraction, draw_catalogue, simulate
+from ulr_spark import schema
+from ulr_spark.io.delta import read_table
+from ulr_spark.simulation.catalogue import attraction, draw_catalogue
+from ulr_spark.simulation.simulator import simulate
 
 
 def test_attraction_follows_the_design_table():
@@ -14,15 +15,15 @@ def test_attraction_follows_the_design_table():
 def test_catalogue_is_deterministic_and_labels_follow_the_shares(tmp_path):
     config = small_config(tmp_path, simulate={"num_queries": 400, "candidates_per_query": 20})
     a, b = draw_catalogue(config.simulate), draw_catalogue(config.simulate)
-    assert a.catalogue[S.LABEL].tolist() == b.catalogue[S.LABEL].tolist()
-    shares = np.bincount(a.catalogue[S.LABEL], minlength=5) / len(a.catalogue)
+    assert a.catalogue[schema.LABEL].tolist() == b.catalogue[schema.LABEL].tolist()
+    shares = np.bincount(a.catalogue[schema.LABEL], minlength=5) / len(a.catalogue)
     assert np.allclose(shares, config.simulate.label_shares, atol=0.01)
     # The distractor the logging ranker uses carries no relevance.
     assert abs(np.corrcoef(a.catalogue["relevance"], a.catalogue["distractor"])[0, 1]) < 0.15
 
 
 def test_hashed_draws_are_uniform_and_normal(spark):
-    from ulr_spark.simulate import hashed_normal, hashed_uniform
+    from ulr_spark.simulation.simulator import hashed_normal, hashed_uniform
 
     draws = spark.range(200_000).select(
         hashed_uniform(F.col("id"), salt=1).alias("u"), hashed_normal(F.col("id"), salt=3).alias("z")
@@ -52,28 +53,28 @@ def test_simulated_log_follows_the_position_based_model(spark, tmp_path):
     assert log.groupBy("request_id", "position").count().where("count > 1").count() == 0
 
     labels = read_table(spark, config.tables.path("truth_labels"))
-    heldout = labels.where(F.col(S.SPLIT) == S.SPLIT_HELDOUT).select(S.QUERY_ID).distinct()
+    heldout = labels.where(F.col(schema.SPLIT) == schema.SPLIT_HELDOUT).select(schema.QUERY_ID).distinct()
     assert heldout.count() == 20
-    assert log.join(heldout, S.QUERY_ID).count() == 0, "held-out queries never appear in the log"
+    assert log.join(heldout, schema.QUERY_ID).count() == 0, "held-out queries never appear in the log"
 
     # Clicks / (examination x attraction) is flat across slots when the simulator is right.
     att = {0: 0.1, 1: 0.16, 2: 0.28, 3: 0.52, 4: 1.0}
-    joined = log.join(labels.select(S.QUERY_ID, S.ITEM_ID, S.LABEL), [S.QUERY_ID, S.ITEM_ID])
+    joined = log.join(labels.select(schema.QUERY_ID, schema.ITEM_ID, schema.LABEL), [schema.QUERY_ID, schema.ITEM_ID])
     per_slot = (
-        joined.withColumn("att", F.element_at(F.create_map(*[F.lit(v) for kv in att.items() for v in kv]), F.col(S.LABEL)))
+        joined.withColumn("att", F.element_at(F.create_map(*[F.lit(v) for kv in att.items() for v in kv]), F.col(schema.LABEL)))
         .groupBy("position")
         .agg(F.sum("clicked").alias("clicks"), F.sum("att").alias("expected"))
         .orderBy("position")
         .collect()
     )
-    truth = read_table(spark, config.tables.path("truth_examination")).orderBy(S.POSITION).collect()
+    truth = read_table(spark, config.tables.path("truth_examination")).orderBy(schema.POSITION).collect()
     theta = np.array([r["examination_absolute"] for r in truth])
     ratio = np.array([r["clicks"] / r["expected"] for r in per_slot]) / theta
     assert np.allclose(ratio, 1.0, atol=0.12), ratio
 
 
 def _shown(spark, tmp_path, **simulate_settings):
-    from ulr_spark.simulate import shown_items
+    from ulr_spark.simulation.simulator import shown_items
 
     grid = simulate_settings.pop("grid_columns", 0)
     settings = {"num_queries": 60, "candidates_per_query": 12, "num_requests": 400, "seed": 5, **simulate_settings}
@@ -151,12 +152,12 @@ def test_letor_source_uses_the_files_labels_and_holds_out_the_test_queries(spark
     counts = simulate(spark, config, "letor-test")
     labels = read_table(spark, config.tables.path("truth_labels")).toPandas()
     assert counts["candidates"] == 480 and counts["queries"] == 40
-    assert (labels[S.SPLIT] == S.SPLIT_HELDOUT).sum() == 120
+    assert (labels[schema.SPLIT] == schema.SPLIT_HELDOUT).sum() == 120
     candidates = read_table(spark, config.tables.path("candidates")).toPandas()
-    assert len(candidates[S.FEATURES].iloc[0]) == 8  # indices up to 7, from 0
+    assert len(candidates[schema.FEATURES].iloc[0]) == 8  # indices up to 7, from 0
     log = read_table(spark, config.tables.path("impressions"))
     assert log.count() == counts["impressions"] == 500 * 10
-    heldout = set(labels.loc[labels[S.SPLIT] == S.SPLIT_HELDOUT, S.QUERY_ID])
+    heldout = set(labels.loc[labels[schema.SPLIT] == schema.SPLIT_HELDOUT, schema.QUERY_ID])
     assert not heldout & {r[0] for r in log.select("query_id").distinct().collect()}
 
 
@@ -172,7 +173,7 @@ def test_zipf_popularity_and_repeated_slates(spark, tmp_path):
     simulate(spark, config, "zipf")
     log = read_table(spark, config.tables.path("impressions")).toPandas()
     slates = log.sort_values("position").groupby("request_id").agg(
-        query=(S.QUERY_ID, "first"), slate=(S.ITEM_ID, tuple)
+        query=(schema.QUERY_ID, "first"), slate=(schema.ITEM_ID, tuple)
     )
     per_query = slates["query"].value_counts()
     n_train = n_queries - 20

@@ -4,12 +4,17 @@ import time
 import pyarrow as pa
 import pytest
 
-from ulr_spark.loaders import Prefetcher
-from ulr_spark.score import feature_matrix
-from ulr_spark.sizing import (
-    MAX_ROW_GROUP_BYTES, MIB, ROW_GROUPS_PER_PROCESS, example_files, is_shared_storage, petastorm_layout,
+from ulr_spark.io.sizing import (
+    MAX_ROW_GROUP_BYTES,
+    MIB,
+    ROW_GROUPS_PER_PROCESS,
+    example_files,
+    is_shared_storage,
+    petastorm_layout,
     shuffle_partitions,
 )
+from ulr_spark.scoring import feature_matrix
+from ulr_spark.training.loaders import Prefetcher
 
 
 def test_shuffle_partitions_follow_the_input_size():
@@ -83,17 +88,17 @@ def test_petastorm_shards_of_the_training_processes_hold_equal_rows(spark, tmp_p
     remainder: it looped over a few rows and the demo's NDCG@10 fell from 0.98 to 0.95."""
     from pyspark.sql import functions as F
 
-    from ulr_spark import schema as S
-    from ulr_spark.loaders import make_converter, quiet_petastorm_warnings
+    from ulr_spark import schema
+    from ulr_spark.training.loaders import make_converter, quiet_petastorm_warnings
 
     quiet_petastorm_warnings()
     k, d, rows, world = 4, 8, 20_000, 2
     examples = spark.range(rows).select(
-        F.col("id").cast("int").alias(S.CONTEXT_ID),
-        F.array(*[F.lit(i + 1) for i in range(k)]).alias(S.POSITIONS),
-        F.array(*[F.rand(seed=i).cast("float") for i in range(k * d)]).alias(S.FEATURES),
-        F.lit(1).cast("long").alias(S.IMPRESSIONS),
-        F.array(*[F.lit(0) for _ in range(k)]).alias(S.CLICKS),
+        F.col("id").cast("int").alias(schema.CONTEXT_ID),
+        F.array(*[F.lit(i + 1) for i in range(k)]).alias(schema.POSITIONS),
+        F.array(*[F.rand(seed=i).cast("float") for i in range(k * d)]).alias(schema.FEATURES),
+        F.lit(1).cast("long").alias(schema.IMPRESSIONS),
+        F.array(*[F.lit(0) for _ in range(k)]).alias(schema.CLICKS),
     )
     data_bytes = rows * (4 * k * d + 40)
     converter = make_converter(spark, examples, "file://" + str(tmp_path / "cache"), petastorm_layout(data_bytes, world, 2), k)
@@ -102,7 +107,7 @@ def test_petastorm_shards_of_the_training_processes_hold_equal_rows(spark, tmp_p
         for rank in range(world):
             with converter.make_torch_dataloader(batch_size=1000, num_epochs=1, cur_shard=rank, shard_count=world,
                                                  workers_count=1) as loader:
-                counts.append(sum(len(batch[S.IMPRESSIONS]) for batch in loader))
+                counts.append(sum(len(batch[schema.IMPRESSIONS]) for batch in loader))
     finally:
         converter.delete()
     assert sum(counts) == rows

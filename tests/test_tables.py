@@ -5,13 +5,13 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import small_config
-from ulr_spark import schema as S
-from ulr_spark.delta_io import CHANGE_TYPE, read_changes_since_run, read_table, table_properties
+from ulr_spark import schema
+from ulr_spark.io.delta import CHANGE_TYPE, read_changes_since_run, read_table, table_properties
 from ulr_spark.pipeline import run_stage
 
 pytestmark = pytest.mark.slow
 
-KEY = [S.MODEL, S.QUERY_ID, S.ITEM_ID]
+KEY = [schema.MODEL, schema.QUERY_ID, schema.ITEM_ID]
 
 
 def rows(df, *columns):
@@ -37,20 +37,20 @@ def test_scores_change_feed_between_two_runs_is_exactly_the_new_runs_rows(spark,
     path = config.tables.path("scores")
     changes = read_changes_since_run(spark, path, "run-a")
     assert rows(changes, CHANGE_TYPE) == {("insert",)}
-    run_b = read_table(spark, path).where(F.col(S.RUN_ID) == "run-b")
-    columns = KEY + [S.SCORE, S.RUN_ID]
+    run_b = read_table(spark, path).where(F.col(schema.RUN_ID) == "run-b")
+    columns = KEY + [schema.SCORE, schema.RUN_ID]
     assert changes.count() == run_b.count() > 0
     assert rows(changes, *columns) == rows(run_b, *columns)
     # Run A's rows are untouched.
-    assert read_table(spark, path).where(F.col(S.RUN_ID) == "run-a").count() == 2 * run_b.count()
+    assert read_table(spark, path).where(F.col(schema.RUN_ID) == "run-a").count() == 2 * run_b.count()
 
 
 def test_latest_scores_change_feed_holds_exactly_the_scores_that_changed(spark, two_runs):
     config, _, a_latest = two_runs
     path = config.tables.path("scores_latest")
     scores = read_table(spark, config.tables.path("scores"))
-    a = {(r[S.MODEL], r[S.QUERY_ID], r[S.ITEM_ID]): r[S.SCORE] for r in a_latest}
-    b = {(r[S.MODEL], r[S.QUERY_ID], r[S.ITEM_ID]): r[S.SCORE] for r in scores.where(F.col(S.RUN_ID) == "run-b").collect()}
+    a = {(r[schema.MODEL], r[schema.QUERY_ID], r[schema.ITEM_ID]): r[schema.SCORE] for r in a_latest}
+    b = {(r[schema.MODEL], r[schema.QUERY_ID], r[schema.ITEM_ID]): r[schema.SCORE] for r in scores.where(F.col(schema.RUN_ID) == "run-b").collect()}
     changed = {key for key, score in b.items() if a[key] != score}
     assert len(changed) > 0.9 * len(b)  # another seed moves (nearly) every score
 
@@ -59,13 +59,13 @@ def test_latest_scores_change_feed_holds_exactly_the_scores_that_changed(spark, 
     pre = changes.where(F.col(CHANGE_TYPE) == "update_preimage")
     assert rows(changes, CHANGE_TYPE) == {("update_preimage",), ("update_postimage",)}
     assert rows(post, *KEY) == changed
-    assert {(m, q, i): s for m, q, i, s in rows(post, *KEY, S.SCORE)} == {k: b[k] for k in changed}
-    assert {(m, q, i): s for m, q, i, s in rows(pre, *KEY, S.SCORE)} == {k: a[k] for k in changed}
+    assert {(m, q, i): s for m, q, i, s in rows(post, *KEY, schema.SCORE)} == {k: b[k] for k in changed}
+    assert {(m, q, i): s for m, q, i, s in rows(pre, *KEY, schema.SCORE)} == {k: a[k] for k in changed}
 
     latest = read_table(spark, path)
     assert latest.count() == len(a)  # one row per (model, query, item), no duplicates
     # A row names the run that produced its current score: run B where B changed it.
-    for model, query, item, run_id, score in rows(latest, *KEY, S.RUN_ID, S.SCORE):
+    for model, query, item, run_id, score in rows(latest, *KEY, schema.RUN_ID, schema.SCORE):
         key = (model, query, item)
         assert (run_id, score) == (("run-b", b[key]) if key in changed else ("run-a", a[key])), key
 
@@ -84,12 +84,12 @@ def test_rescoring_a_run_changes_no_latest_score_and_duplicates_nothing(spark, t
     assert merge["userMetadata"] == "ulr-spark run_id=run-b" and merge["version"] > before[latest]
     # The scores table replaces the run's rows in one transaction: as many deletes as inserts, all of run B.
     rescored = changes(scores_path)
-    assert rows(rescored, S.RUN_ID) == {("run-b",)}
+    assert rows(rescored, schema.RUN_ID) == {("run-b",)}
     kinds = {r[CHANGE_TYPE]: r["count"] for r in rescored.groupBy(CHANGE_TYPE).count().collect()}
     scores = read_table(spark, scores_path)
-    n_b = scores.where(F.col(S.RUN_ID) == "run-b").count()
+    n_b = scores.where(F.col(schema.RUN_ID) == "run-b").count()
     assert kinds == {"delete": n_b, "insert": n_b}
-    assert n_b == scores.where(F.col(S.RUN_ID) == "run-a").count() // 2
+    assert n_b == scores.where(F.col(schema.RUN_ID) == "run-a").count() // 2
 
 
 def test_tables_say_which_run_and_config_wrote_them(spark, two_runs):

@@ -8,12 +8,12 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import small_config
-from ulr_spark import schema as S
-from ulr_spark.artifacts import read_artifact, run_artifacts
+from ulr_spark import schema
 from ulr_spark.config import ConfigError, load_config
-from ulr_spark.delta_io import read_table
+from ulr_spark.io.artifacts import read_artifact, run_artifacts
+from ulr_spark.io.delta import read_table
+from ulr_spark.io.tracking import RUN_ID_TAG, flatten, metric_name
 from ulr_spark.pipeline import run_stage
-from ulr_spark.tracking import RUN_ID_TAG, flatten, metric_name
 
 
 def test_tracking_is_off_by_default_and_needs_mlflow_when_on(monkeypatch):
@@ -49,9 +49,9 @@ def test_a_run_is_tracked_in_one_mlflow_run(spark, tmp_path, monkeypatch):
     (run,) = mlflow.search_runs([experiment.experiment_id], f"tags.`{RUN_ID_TAG}` = 'tracked'", output_format="list")
     assert run.data.params["train.epochs"] == "2" and run.data.params["train.num_processes"] == "1"
     assert run.data.tags["ulr_spark.config_hash"] == config.fingerprint()
-    metrics = read_table(spark, config.tables.path("metrics")).where(F.col(S.RUN_ID) == "tracked").collect()
+    metrics = read_table(spark, config.tables.path("metrics")).where(F.col(schema.RUN_ID) == "tracked").collect()
     for row in metrics:
-        assert run.data.metrics[metric_name(row[S.MODEL], row[S.METRIC])] == pytest.approx(row[S.VALUE])
+        assert run.data.metrics[metric_name(row[schema.MODEL], row[schema.METRIC])] == pytest.approx(row[schema.VALUE])
     client = mlflow.tracking.MlflowClient()
     for artifact in run_artifacts(config.tables.path("models"), "tracked"):
         losses = [m.value for m in client.get_metric_history(run.info.run_id, f"{artifact.spec.name}/train_loss")]

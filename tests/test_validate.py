@@ -7,8 +7,8 @@ import pytest
 from pyspark.sql import types as T
 
 from tests.conftest import small_config
-from ulr_spark.examples import build_examples
-from ulr_spark.validate import InvalidLogError
+from ulr_spark.examples.slates import build_examples
+from ulr_spark.examples.validation import InvalidLogError
 
 LOG_SCHEMA = T.StructType(
     [

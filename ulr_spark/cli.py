@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import io
 import shlex
 import sys
 from typing import Optional
 
 from ulr_spark.config import ConfigError, load_config
-from ulr_spark.loaders import quiet_petastorm_warnings
+from ulr_spark.examples.validation import InvalidLogError
 from ulr_spark.pipeline import STAGES, resolve_run_id, run_all, run_stage
-from ulr_spark.validate import InvalidLogError
+from ulr_spark.training.loaders import quiet_petastorm_warnings
 
 DESCRIPTIONS = {
     "simulate": "Write a simulated impression log and its truth to Delta.",
@@ -120,22 +121,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     quiet_petastorm_warnings()
     # Progress lines must show up as they happen, also when output goes to a log file.
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         config = load_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as error:
         print(f"ulr-spark: {error}", file=sys.stderr)
         return 2
 
-    from ulr_spark.spark import get_spark
+    from ulr_spark.io.spark import get_spark
 
     spark = get_spark(config.spark)
     try:
         if args.stage == "run":
             run_all(config, spark, args.run_id)
         elif args.stage == "compare":
-            from ulr_spark.artifacts import new_run_id
-            from ulr_spark.compare import compare, write_report
+            from ulr_spark.experiments.compare import compare, write_report
+            from ulr_spark.io.artifacts import new_run_id
 
             command = "ulr-spark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
             if args.report_only:

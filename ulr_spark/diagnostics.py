@@ -1,5 +1,5 @@
 """What a run shows: the naive click-through rate by slot next to the learned and true
-examination curves, and the small helpers the Databricks notebooks (``notebooks/``) call.
+examination curves. The notebooks' widget and table helpers are in :mod:`ulr_spark.notebook`.
 
 The naive click-through rate by slot mixes two things: how often a slot is looked at, and how
 relevant the items the logging ranker put there are. It therefore falls faster than the true
@@ -13,7 +13,6 @@ driver); the learned and true curves are tiny tables and are read into pandas.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Optional
 
@@ -21,11 +20,11 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from ulr_spark import schema as S
-from ulr_spark.artifacts import latest_run_id, run_artifacts
-from ulr_spark.config import Config, LogColumns, load_config
-from ulr_spark.delta_io import read_table, table_exists
-from ulr_spark.validate import context_key
+from ulr_spark import schema
+from ulr_spark.config import Config, LogColumns
+from ulr_spark.examples.validation import context_key
+from ulr_spark.io.artifacts import run_artifacts
+from ulr_spark.io.delta import read_table, run_rows, table_exists
 
 if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
     from matplotlib.figure import Figure
@@ -41,118 +40,7 @@ CURVE = "curve"
 NAIVE_CTR_CURVE = "naive_ctr"
 TRUTH_CURVE = "truth"
 
-CURVE_COLUMNS = [S.CONTEXT_KEY, CURVE, S.POSITION, S.EXAMINATION]
-
-
-# ---------------------------------------------------------------------------------------------
-# Notebook parameters
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_overrides(text: Optional[str]) -> list[str]:
-    """``key=value`` overrides from one widget: separated by commas or newlines.
-
-    A widget is a single text box, so several overrides share it. Commas inside brackets,
-    braces or quotes belong to the value (``train.models=[naive, additive]``), so the text is
-    split only at commas outside them. Blank items are dropped; an item without ``=`` is an
-    error here rather than a confusing one from the config loader.
-    """
-    items, current, depth, quote = [], [], 0, ""
-    for char in text or "":
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "\"'":
-            quote = char
-        elif char in "[{(":
-            depth += 1
-        elif char in "]})":
-            depth = max(0, depth - 1)
-        elif char == "\n" or (char == "," and depth == 0):
-            items.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    items.append("".join(current))
-    overrides = [item.strip() for item in items if item.strip()]
-    broken = [item for item in overrides if "=" not in item]
-    if broken:
-        raise ValueError(f"overrides must look like section.key=value, separated by commas or newlines; got {broken}")
-    return overrides
-
-
-def path_override(key: str, path: str) -> str:
-    """``key=<path>`` with the path quoted, so YAML reads it as a string whatever it looks
-    like (a path such as ``/x/2026`` or one with ``: `` in it must not turn into a number or a
-    mapping)."""
-    return f"{key}={json.dumps(path)}"
-
-
-def find_config(path: str) -> str:
-    """The config file ``path`` names; a relative path is looked up in the working directory,
-    then in its parents.
-
-    A notebook in a Databricks Git folder runs in the notebook's own folder (``notebooks/``),
-    while the configs live in ``conf/`` at the repository root, so the same default
-    (``conf/demo.yaml``) works there, locally and in the test.
-    """
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    here = os.path.abspath(os.getcwd())
-    while True:
-        candidate = os.path.join(here, path)
-        if os.path.exists(candidate):
-            return candidate
-        parent = os.path.dirname(here)
-        if parent == here:
-            raise FileNotFoundError(f"config {path!r} not found in {os.getcwd()} or any folder above it")
-        here = parent
-
-
-# The widgets every notebook shares: (name, default, label).
-CONFIG_WIDGETS = (
-    ("config", "conf/demo.yaml", "Config file"),
-    ("tables_root", "/dbfs/tmp/ulr-spark-quickstart", "Tables root"),
-    ("overrides", "", "Overrides (key=value, comma or newline separated)"),
-)
-
-
-def add_widgets(dbutils, extra: tuple = ()) -> None:
-    """The shared widgets, then the notebook's own ``(name, default, label)`` ones."""
-    for name, default, label in CONFIG_WIDGETS + tuple(extra):
-        dbutils.widgets.text(name, default, label)
-
-
-def config_from_widgets(dbutils, extra_overrides: tuple = ()) -> Config:
-    """The config the shared widgets describe: the file, then the ``overrides`` widget, then
-    ``tables_root``, then the notebook's own overrides."""
-    get = dbutils.widgets.get
-    overrides = parse_overrides(get("overrides")) + [path_override("tables.root", get("tables_root"))]
-    return load_config(find_config(get("config")), overrides + list(extra_overrides))
-
-
-def run_or_latest(config: Config, run_id: Optional[str]) -> str:
-    """The run a notebook looks at: the one named, or the newest trained run."""
-    return run_id.strip() if run_id and run_id.strip() else latest_run_id(config.tables.path("models"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Tables of a run
-# ---------------------------------------------------------------------------------------------
-
-
-def run_rows(spark: SparkSession, path: str, run_id: str) -> DataFrame:
-    """The rows one run wrote to a run-keyed table (metrics, scores, bias curves)."""
-    return read_table(spark, path).where(F.col(S.RUN_ID) == run_id)
-
-
-def run_metrics(spark: SparkSession, config: Config, run_id: str) -> DataFrame:
-    """The run's metrics, one row per model and metric, in a stable order for display."""
-    return run_rows(spark, config.tables.path("metrics"), run_id).orderBy(S.MODEL, S.METRIC)
-
-
-def run_scores(spark: SparkSession, config: Config, run_id: str) -> DataFrame:
-    """The run's scores in ``tables.scores`` (all of them: callers limit what they show)."""
-    return run_rows(spark, config.tables.path("scores"), run_id)
+CURVE_COLUMNS = [schema.CONTEXT_KEY, CURVE, schema.POSITION, schema.EXAMINATION]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,16 +61,16 @@ def click_through_by_position(log: DataFrame, columns: LogColumns, max_slate_siz
     position = F.col(columns.position).cast("int")
     counts = (
         log.where((position >= 1) & (position <= max_slate_size))
-        .groupBy(context_key(columns).alias(S.CONTEXT_KEY), position.alias(S.POSITION))
+        .groupBy(context_key(columns).alias(schema.CONTEXT_KEY), position.alias(schema.POSITION))
         .agg(
-            F.count(F.lit(1)).cast("long").alias(S.IMPRESSIONS),
-            F.sum(F.col(columns.clicked).cast("int")).cast("long").alias(S.CLICKS),
+            F.count(F.lit(1)).cast("long").alias(schema.IMPRESSIONS),
+            F.sum(F.col(columns.clicked).cast("int")).cast("long").alias(schema.CLICKS),
         )
-        .withColumn(CTR, F.col(S.CLICKS) / F.col(S.IMPRESSIONS))
+        .withColumn(CTR, F.col(schema.CLICKS) / F.col(schema.IMPRESSIONS))
     )
     # Window over the aggregate (one row per context and slot), never over the log.
-    slot_1 = F.max(F.when(F.col(S.POSITION) == 1, F.col(CTR))).over(Window.partitionBy(S.CONTEXT_KEY))
-    return counts.withColumn(CTR_RELATIVE, F.try_divide(F.col(CTR), slot_1)).orderBy(S.CONTEXT_KEY, S.POSITION)
+    slot_1 = F.max(F.when(F.col(schema.POSITION) == 1, F.col(CTR))).over(Window.partitionBy(schema.CONTEXT_KEY))
+    return counts.withColumn(CTR_RELATIVE, F.try_divide(F.col(CTR), slot_1)).orderBy(schema.CONTEXT_KEY, schema.POSITION)
 
 
 def naive_click_through(spark: SparkSession, config: Config) -> DataFrame:
@@ -199,17 +87,17 @@ def learned_curves(spark: SparkSession, config: Config, run_id: str) -> pd.DataF
     whose models have no bias tower (only ``naive``) has no curves, and the frame is empty.
     """
     run_artifacts(config.tables.path("models"), run_id)  # raises FileNotFoundError for an unknown run
-    columns = [S.MODEL, S.CONTEXT_KEY, S.POSITION, S.EXAMINATION]
+    columns = [schema.MODEL, schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION]
     path = config.tables.path("bias_curves")
     if not table_exists(spark, path):
-        return pd.DataFrame({name: pd.Series(dtype=float if name == S.EXAMINATION else object) for name in columns})
+        return pd.DataFrame({name: pd.Series(dtype=float if name == schema.EXAMINATION else object) for name in columns})
     curves = (
         run_rows(spark, path, run_id)
-        .where(F.col(S.POSITION) <= config.examples.max_slate_size)
+        .where(F.col(schema.POSITION) <= config.examples.max_slate_size)
         .select(*columns)
         .toPandas()
     )
-    return curves.sort_values([S.CONTEXT_KEY, S.MODEL, S.POSITION]).reset_index(drop=True)
+    return curves.sort_values([schema.CONTEXT_KEY, schema.MODEL, schema.POSITION]).reset_index(drop=True)
 
 
 def true_curves(spark: SparkSession, config: Config) -> Optional[pd.DataFrame]:
@@ -220,11 +108,11 @@ def true_curves(spark: SparkSession, config: Config) -> Optional[pd.DataFrame]:
         return None
     truth = (
         read_table(spark, path)
-        .where(F.col(S.POSITION) <= config.examples.max_slate_size)
-        .select(S.CONTEXT_KEY, S.POSITION, S.EXAMINATION)
+        .where(F.col(schema.POSITION) <= config.examples.max_slate_size)
+        .select(schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION)
         .toPandas()
     )
-    return truth.sort_values([S.CONTEXT_KEY, S.POSITION]).reset_index(drop=True)
+    return truth.sort_values([schema.CONTEXT_KEY, schema.POSITION]).reset_index(drop=True)
 
 
 def examination_curves(
@@ -237,23 +125,23 @@ def examination_curves(
     ``truth_pdf`` :func:`true_curves` (the ``truth`` curve), when there is one.
     """
     parts = [
-        ctr_pdf.assign(**{CURVE: NAIVE_CTR_CURVE})[[S.CONTEXT_KEY, CURVE, S.POSITION, CTR_RELATIVE]].rename(
-            columns={CTR_RELATIVE: S.EXAMINATION}
+        ctr_pdf.assign(**{CURVE: NAIVE_CTR_CURVE})[[schema.CONTEXT_KEY, CURVE, schema.POSITION, CTR_RELATIVE]].rename(
+            columns={CTR_RELATIVE: schema.EXAMINATION}
         ),
-        learned_pdf.rename(columns={S.MODEL: CURVE})[CURVE_COLUMNS],
+        learned_pdf.rename(columns={schema.MODEL: CURVE})[CURVE_COLUMNS],
     ]
     if truth_pdf is not None:
         parts.append(truth_pdf.assign(**{CURVE: TRUTH_CURVE})[CURVE_COLUMNS])
     curves = pd.concat(parts, ignore_index=True)
-    curves[S.POSITION] = curves[S.POSITION].astype(int)
-    curves[S.EXAMINATION] = curves[S.EXAMINATION].astype(float)
-    return curves.sort_values([S.CONTEXT_KEY, CURVE, S.POSITION]).reset_index(drop=True)
+    curves[schema.POSITION] = curves[schema.POSITION].astype(int)
+    curves[schema.EXAMINATION] = curves[schema.EXAMINATION].astype(float)
+    return curves.sort_values([schema.CONTEXT_KEY, CURVE, schema.POSITION]).reset_index(drop=True)
 
 
 def curves_by_position(curves: pd.DataFrame) -> pd.DataFrame:
     """The long table of :func:`examination_curves` with one column per curve (truth and the
     naive CTR first), one row per context and slot: the form a reader compares by eye."""
-    wide = curves.pivot_table(index=[S.CONTEXT_KEY, S.POSITION], columns=CURVE, values=S.EXAMINATION, aggfunc="first")
+    wide = curves.pivot_table(index=[schema.CONTEXT_KEY, schema.POSITION], columns=CURVE, values=schema.EXAMINATION, aggfunc="first")
     first = [c for c in (TRUTH_CURVE, NAIVE_CTR_CURVE) if c in wide.columns]
     wide = wide[first + sorted(c for c in wide.columns if c not in first)]
     wide.columns.name = None
@@ -275,7 +163,7 @@ def plot_examination_diagnostics(
     from matplotlib.figure import Figure
 
     curves = examination_curves(ctr_pdf, learned_pdf, truth_pdf)
-    contexts = sorted(curves[S.CONTEXT_KEY].unique(), key=lambda key: (key != S.DEFAULT_CONTEXT_KEY, key))
+    contexts = sorted(curves[schema.CONTEXT_KEY].unique(), key=lambda key: (key != schema.DEFAULT_CONTEXT_KEY, key))
     if not contexts:
         raise ValueError("plot_examination_diagnostics: there is no curve to plot")
     models = sorted(c for c in curves[CURVE].unique() if c not in (TRUTH_CURVE, NAIVE_CTR_CURVE))
@@ -291,11 +179,11 @@ def plot_examination_diagnostics(
     for i, model in enumerate(models):
         styles[model] = {"color": palette(i % 10), "linewidth": 1.3, "marker": ".", "label": f"learned: {model}"}
     for ax, context in zip(axes, contexts):
-        part = curves[curves[S.CONTEXT_KEY] == context]
+        part = curves[curves[schema.CONTEXT_KEY] == context]
         for curve in [TRUTH_CURVE, NAIVE_CTR_CURVE] + models:
-            line = part[part[CURVE] == curve].sort_values(S.POSITION)
+            line = part[part[CURVE] == curve].sort_values(schema.POSITION)
             if not line.empty:
-                ax.plot(line[S.POSITION], line[S.EXAMINATION], **styles[curve])
+                ax.plot(line[schema.POSITION], line[schema.EXAMINATION], **styles[curve])
         ax.set_title(context)
         ax.set_xlabel("slot")
         ax.set_ylabel("relative to slot 1")

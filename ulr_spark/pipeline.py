@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from pyspark.sql import SparkSession
 
-from ulr_spark import schema as S
-from ulr_spark.artifacts import latest_run_id, new_run_id, read_artifact
+from ulr_spark import schema
 from ulr_spark.config import Config
-from ulr_spark.evaluate import evaluate, format_metrics
-from ulr_spark.examples import build_examples
-from ulr_spark.score import score
-from ulr_spark.simulate import simulate
-from ulr_spark.spark import stage_group
-from ulr_spark.train import train
+from ulr_spark.evaluation import evaluate, format_metrics
+from ulr_spark.examples.slates import build_examples
+from ulr_spark.io.artifacts import latest_run_id, new_run_id, read_artifact
+from ulr_spark.io.spark import stage_group
+from ulr_spark.scoring import score
+from ulr_spark.training.driver import train
 
 STAGES = ("simulate", "build-examples", "train", "score", "evaluate")
 
@@ -29,21 +29,29 @@ def resolve_run_id(config: Config, stage: str, run_id: Optional[str]) -> str:
     return new_run_id()
 
 
-def _track(config: Config, stage: str, run_id: str, result: object) -> None:
+def _track(config: Config, stage: str, run_id: str, result: Any) -> None:
     """MLflow, when ``tracking.mlflow`` is on: training params, losses and models; metrics."""
-    from ulr_spark import tracking
+    from ulr_spark.io import tracking
 
     if not tracking.enabled(config):
         return
     if stage == "train":
         tracking.log_training(config, run_id, [read_artifact(path) for path in result])
     elif stage == "evaluate":
-        tracking.log_metrics(config, run_id, {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in result.collect()})
+        tracking.log_metrics(config, run_id, {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in result.collect()})
 
 
-def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> object:
+def _simulate(config: Config, spark: SparkSession, run_id: str) -> object:
+    """The simulator is imported only when a simulation is asked for: production stages never
+    load it."""
+    from ulr_spark.simulation.simulator import simulate
+
+    return simulate(spark, config, run_id)
+
+
+def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> Any:
     actions: dict[str, Callable[[], object]] = {
-        "simulate": lambda: simulate(spark, config, run_id),
+        "simulate": lambda: _simulate(config, spark, run_id),
         "build-examples": lambda: build_examples(config, spark, run_id),
         "train": lambda: train(config, spark, run_id),
         "score": lambda: score(config, spark, run_id),

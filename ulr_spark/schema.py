@@ -5,7 +5,7 @@ Impression-log column names are configurable (``columns:`` in the YAML config, s
 below, so downstream readers can rely on them.
 """
 
-# Examples table: one row per distinct slate (DESIGN section 2).
+# Examples table: one row per distinct slate (docs/design.md, "Examples").
 QUERY_ID = "query_id"
 ITEM_ID = "item_id"
 CONTEXT_KEY = "context_key"  # readable "device=mobile|layout=list"; "default" without context columns
@@ -20,8 +20,8 @@ CLICKS = "clicks"  # array<int>, clicks summed over the merged requests, per ent
 # Columns the trainer needs (strings stay behind in Spark).
 TRAINING_COLUMNS = (CONTEXT_ID, POSITIONS, FEATURES, IMPRESSIONS, CLICKS)
 # In Petastorm's cache, positions and clicks are spread over scalar columns p_0.., c_0..
-FLAT_POSITION_PREFIX = "p_"
-FLAT_CLICK_PREFIX = "c_"
+POSITION_OF_ENTRY_PREFIX = "position_of_entry_"
+CLICKS_OF_ENTRY_PREFIX = "clicks_of_entry_"
 
 DEFAULT_CONTEXT_KEY = "default"
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ulr_spark.models import ClickModel, ModelSpec, build_model
+from ulr_spark.models.base import ClickModel
+from ulr_spark.models.registry import build_model
+from ulr_spark.models.spec import ModelSpec
 
 WEIGHTS = "model.pt"
 CARD = "model.json"

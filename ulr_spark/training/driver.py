@@ -1,8 +1,8 @@
-"""Training: Petastorm feeds each process, ``TorchDistributor`` runs DDP (gloo on CPU, nccl on
-GPU), rank 0 saves the artifact, and the driver writes the learned bias curves to Delta.
-
-``TorchDistributor(local_mode=True)`` returns the value of an arbitrary rank, so the workers
-return nothing the driver relies on: the artifact path is decided before the job starts.
+"""The driver side of training: it plans the job (the shape of the examples, one
+:class:`~ulr_spark.training.worker.TrainJob` per model), caches the examples for Petastorm,
+launches :func:`~ulr_spark.training.worker.train_worker` with ``TorchDistributor``, and
+writes the learned examination curves to Delta. What runs in each torch process is in
+:mod:`ulr_spark.training.worker`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import dataclasses
 import datetime
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,32 +19,17 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ulr_spark import schema as S
-from ulr_spark.artifacts import artifact_dir, load_model, read_artifact, save_artifact
+from ulr_spark import schema
 from ulr_spark.config import Config
-from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string
-from ulr_spark.loaders import SlateBatch, make_converter, quiet_petastorm_warnings, shard_batches
-from ulr_spark.models import MODEL_CLASSES, ModelSpec, PageSample, TrainingObjective, build_model
-from ulr_spark.sizing import is_shared_storage, petastorm_layout, table_bytes
-from ulr_spark.spark import describe_step
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """What every training process needs; pickled to the workers with the function."""
-
-    spec: ModelSpec
-    epochs: int
-    steps_per_epoch: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    seed: int
-    use_gpu: bool
-    # CPU threads of each process: the driver knows the cores (local) or spark.task.cpus (cluster).
-    cpu_threads: int
-    artifact_path: str
-    card: dict
+from ulr_spark.io.artifacts import Artifact, artifact_dir, load_model, read_artifact
+from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string
+from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
+from ulr_spark.io.spark import describe_step
+from ulr_spark.models.curves import PageSample, examination_curve
+from ulr_spark.models.registry import MODEL_CLASSES
+from ulr_spark.models.spec import ModelSpec
+from ulr_spark.training.loaders import make_converter
+from ulr_spark.training.worker import TrainJob, train_worker
 
 
 @dataclass(frozen=True)
@@ -59,99 +43,18 @@ class ExamplesShape:
 def describe_examples(examples: DataFrame) -> ExamplesShape:
     stats = examples.agg(
         F.count(F.lit(1)).alias("rows"),
-        F.max(F.size(S.POSITIONS)).alias("k"),
-        F.max(F.size(S.FEATURES)).alias("kd"),
+        F.max(F.size(schema.POSITIONS)).alias("k"),
+        F.max(F.size(schema.FEATURES)).alias("kd"),
     ).first()
     if not stats["rows"]:
         raise ValueError("train: the examples table is empty; run build-examples on a non-empty log first")
-    contexts = {r[S.CONTEXT_ID]: r[S.CONTEXT_KEY] for r in examples.select(S.CONTEXT_ID, S.CONTEXT_KEY).distinct().collect()}
+    contexts = {r[schema.CONTEXT_ID]: r[schema.CONTEXT_KEY] for r in examples.select(schema.CONTEXT_ID, schema.CONTEXT_KEY).distinct().collect()}
     return ExamplesShape(
         rows=int(stats["rows"]),
         num_features=int(stats["kd"]) // int(stats["k"]),
         max_slate_size=int(stats["k"]),
         contexts=contexts,
     )
-
-
-def _device(use_gpu: bool) -> torch.device:
-    if use_gpu:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def train_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: SlateBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on the mean loss per slot impression; returns (summed loss, weight)."""
-    loss_sum, weight = objective(batch.features, batch.positions, batch.context_ids, batch.clicks, batch.impressions)
-    optimizer.zero_grad(set_to_none=True)
-    (loss_sum / weight.clamp(min=1.0)).backward()
-    optimizer.step()
-    return loss_sum.detach(), weight
-
-
-def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.device) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    torch.manual_seed(job.seed)
-    model = build_model(job.spec).to(device)
-    objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
-    optimizer = torch.optim.Adam(objective.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
-    k = job.spec.max_slate_size
-
-    started = time.time()
-    history = []
-    with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed) as batches:
-        for epoch in range(job.epochs):
-            epoch_start = time.time()
-            loss_total = torch.zeros((), dtype=torch.float64, device=device)
-            weight_total = torch.zeros((), dtype=torch.float64, device=device)
-            slates = 0
-            objective.train()
-            for _ in range(job.steps_per_epoch):
-                batch: SlateBatch = next(batches)
-                loss_sum, weight = train_step(objective, optimizer, batch)
-                loss_total += loss_sum
-                weight_total += weight
-                slates += batch.positions.shape[0]
-            # One all-reduce per epoch for the log line, not one per step.
-            totals = torch.stack([loss_total, weight_total, torch.tensor(float(slates), dtype=torch.float64, device=device)])
-            dist.all_reduce(totals)
-            seconds = time.time() - epoch_start
-            mean_loss = (totals[0] / totals[1]).item()
-            history.append(mean_loss)
-            if rank == 0:
-                eta = (time.time() - started) / (epoch + 1) * (job.epochs - epoch - 1)
-                print(
-                    f"train[{job.spec.name}] epoch {epoch + 1}/{job.epochs} loss={mean_loss:.5f} "
-                    f"slates/s={totals[2].item() / max(seconds, 1e-9):,.0f} "
-                    f"({totals[2].item() / world / max(seconds, 1e-9):,.0f} per process) eta={eta:.0f}s",
-                    flush=True,
-                )
-    if rank == 0:
-        card = {**job.card, "loss_history": history, "world_size": world, "train_seconds": time.time() - started}
-        save_artifact(job.artifact_path, model, card)
-    dist.barrier()
-
-
-def train_worker(jobs: list[TrainJob], converter) -> None:
-    """Body of one DDP process (run by TorchDistributor through torchrun): trains the models
-    one after the other in one process group, so the start-up is paid once per run."""
-    import torch.distributed as dist
-
-    quiet_petastorm_warnings()
-    use_gpu = jobs[0].use_gpu
-    dist.init_process_group("nccl" if use_gpu else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = _device(use_gpu)
-    if use_gpu:
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(jobs[0].cpu_threads)
-    try:
-        for job in jobs:
-            _train_one(job, converter, rank, world, device)
-    finally:
-        dist.destroy_process_group()
 
 
 def runs_on_cluster(spark: SparkSession) -> bool:
@@ -185,16 +88,16 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
             raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}")
 
 
-def learned_bias_curves(model_artifact, pages: PageSample, run_id: str) -> pd.DataFrame:
+def learned_bias_curves(model_artifact: Artifact, pages: PageSample, run_id: str) -> pd.DataFrame:
     """The examination curve of every context the model knows, as rows of the bias table."""
     model = load_model(model_artifact)
     rows = []
     for context_id, context_key in sorted(model_artifact.contexts.items()):
-        curve = model.examination_curve(pages, context_id).numpy()
+        curve = examination_curve(model, pages, context_id).numpy()
         for slot, value in enumerate(curve, start=1):
             if np.isfinite(value):
                 rows.append((model_artifact.spec.name, run_id, context_key, slot, float(value)))
-    return pd.DataFrame(rows, columns=[S.MODEL, S.RUN_ID, S.CONTEXT_KEY, S.POSITION, S.EXAMINATION])
+    return pd.DataFrame(rows, columns=[schema.MODEL, schema.RUN_ID, schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION])
 
 
 def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> PageSample:
@@ -203,14 +106,14 @@ def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, 
     rows = (
         examples.sample(fraction=fraction, seed=seed)
         .limit(sample_slates)
-        .select(S.POSITIONS, S.FEATURES, S.CONTEXT_ID)
+        .select(schema.POSITIONS, schema.FEATURES, schema.CONTEXT_ID)
         .toPandas()
     )
     k, d = shape.max_slate_size, shape.num_features
     return PageSample(
-        features=torch.from_numpy(np.stack(rows[S.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d)),
-        positions=torch.from_numpy(np.stack(rows[S.POSITIONS].to_numpy()).astype(np.int64)),
-        context_ids=torch.from_numpy(rows[S.CONTEXT_ID].to_numpy().astype(np.int64)),
+        features=torch.from_numpy(np.stack(rows[schema.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d)),
+        positions=torch.from_numpy(np.stack(rows[schema.POSITIONS].to_numpy()).astype(np.int64)),
+        context_ids=torch.from_numpy(rows[schema.CONTEXT_ID].to_numpy().astype(np.int64)),
     )
 
 
@@ -291,10 +194,10 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     if curves:
         describe_step(spark, "write the learned bias curves")
         bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(
-            S.TRAINED_AT, F.current_timestamp()
+            schema.TRAINED_AT, F.current_timestamp()
         )
         replace_rows(
             bias.coalesce(1), tables.path("bias_curves"), "bias_curves", Provenance.of(config, run_id, "train", tc.models),
-            f"{S.RUN_ID} = {sql_string(run_id)}",
+            f"{schema.RUN_ID} = {sql_string(run_id)}",
         )
     return [job.artifact_path for job in jobs]

@@ -19,15 +19,15 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from ulr_spark import schema as S
+from ulr_spark import schema
 from ulr_spark.config import Config
-from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string
+from ulr_spark.experiments.settings import BASELINES
+from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string
 
-BASELINES = ("lightgbm", "xgboost")
 BASELINE_MODEL_NAMES = {"lightgbm": "lightgbm_lambdamart", "xgboost": "xgboost_unbiased_lambdamart"}
 
 
-def click_groups(config: Config, spark: SparkSession, max_rows: int) -> pd.DataFrame:
+def click_rows(config: Config, spark: SparkSession, max_rows: int) -> pd.DataFrame:
     """The log as (request, position, clicked, features), sorted by request and position."""
     cols = config.columns
     log = read_table(spark, config.tables.path("impressions"))
@@ -103,30 +103,30 @@ def train_baselines(
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ValueError(f"baselines: unknown {unknown}; known: {list(BASELINES)}")
-    groups = click_groups(config, spark, max_rows)
-    candidates = read_table(spark, config.tables.path("candidates")).select(S.QUERY_ID, S.ITEM_ID, S.FEATURES).toPandas()
-    x = _matrix(candidates[S.FEATURES])
+    groups = click_rows(config, spark, max_rows)
+    candidates = read_table(spark, config.tables.path("candidates")).select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES).toPandas()
+    x = _matrix(candidates[schema.FEATURES])
     frames = []
     for name in baselines:
         predict = FITTERS[name](groups, rounds, config.train.seed)
         frames.append(
             pd.DataFrame(
                 {
-                    S.QUERY_ID: candidates[S.QUERY_ID],
-                    S.ITEM_ID: candidates[S.ITEM_ID],
-                    S.SCORE: predict(x).astype(np.float64),
-                    S.MODEL: BASELINE_MODEL_NAMES[name],
+                    schema.QUERY_ID: candidates[schema.QUERY_ID],
+                    schema.ITEM_ID: candidates[schema.ITEM_ID],
+                    schema.SCORE: predict(x).astype(np.float64),
+                    schema.MODEL: BASELINE_MODEL_NAMES[name],
                 }
             )
         )
     scores = spark.createDataFrame(pd.concat(frames, ignore_index=True)).select(
-        S.QUERY_ID, S.ITEM_ID, S.SCORE, S.MODEL, F.lit(run_id).alias(S.RUN_ID), F.current_timestamp().alias(S.SCORED_AT)
+        schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.MODEL, F.lit(run_id).alias(schema.RUN_ID), F.current_timestamp().alias(schema.SCORED_AT)
     )
     names = ", ".join(sql_string(BASELINE_MODEL_NAMES[n]) for n in baselines)
     replace_rows(
         scores.coalesce(1), config.tables.path("scores"), "scores",
         Provenance.of(config, run_id, "baselines", [BASELINE_MODEL_NAMES[n] for n in baselines]),
-        f"{S.RUN_ID} = {sql_string(run_id)} AND {S.MODEL} IN ({names})",
+        f"{schema.RUN_ID} = {sql_string(run_id)} AND {schema.MODEL} IN ({names})",
         change_feed=True,
     )
     return {BASELINE_MODEL_NAMES[n]: len(candidates) for n in baselines}

@@ -11,17 +11,18 @@ from __future__ import annotations
 import io
 import uuid
 import warnings
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ulr_spark import schema as S
-from ulr_spark.artifacts import run_artifacts, weights_bytes
+from ulr_spark import schema
 from ulr_spark.config import Config
-from ulr_spark.delta_io import (
+from ulr_spark.io.artifacts import run_artifacts, weights_bytes
+from ulr_spark.io.delta import (
     Provenance,
     overwrite_table,
     read_table,
@@ -29,18 +30,19 @@ from ulr_spark.delta_io import (
     set_table_properties,
     sql_string,
     table_exists,
-    user_metadata,
+    tag_sql_commits,
 )
-from ulr_spark.models import ModelSpec, build_model
-from ulr_spark.sizing import set_shuffle_partitions, table_bytes
-from ulr_spark.spark import describe_step
+from ulr_spark.io.sizing import set_shuffle_partitions, table_bytes
+from ulr_spark.io.spark import describe_step
+from ulr_spark.models.registry import build_model
+from ulr_spark.models.spec import ModelSpec
 
 SCORE_SCHEMA = T.StructType(
     [
-        T.StructField(S.QUERY_ID, T.StringType(), False),
-        T.StructField(S.ITEM_ID, T.StringType(), False),
-        T.StructField(S.MODEL, T.StringType(), False),
-        T.StructField(S.SCORE, T.DoubleType(), False),
+        T.StructField(schema.QUERY_ID, T.StringType(), False),
+        T.StructField(schema.ITEM_ID, T.StringType(), False),
+        T.StructField(schema.MODEL, T.StringType(), False),
+        T.StructField(schema.SCORE, T.DoubleType(), False),
     ]
 )
 
@@ -49,10 +51,10 @@ def _score_arrow_schema():
 
     return pa.schema(
         [
-            pa.field(S.QUERY_ID, pa.string(), False),
-            pa.field(S.ITEM_ID, pa.string(), False),
-            pa.field(S.MODEL, pa.string(), False),
-            pa.field(S.SCORE, pa.float64(), False),
+            pa.field(schema.QUERY_ID, pa.string(), False),
+            pa.field(schema.ITEM_ID, pa.string(), False),
+            pa.field(schema.MODEL, pa.string(), False),
+            pa.field(schema.SCORE, pa.float64(), False),
         ]
     )
 
@@ -89,7 +91,7 @@ def feature_matrix(features, num_features: int) -> torch.Tensor:
     broken = len(features) - pc.sum(pc.equal(lengths, num_features)).as_py() if len(features) else 0
     if broken or features.null_count:
         raise ValueError(
-            f"score: column '{S.FEATURES}' must hold {num_features} values per row (the model's input), "
+            f"score: column '{schema.FEATURES}' must hold {num_features} values per row (the model's input), "
             f"broken by {max(broken, features.null_count)} row(s) in a batch"
         )
     values = pc.list_flatten(features)
@@ -118,8 +120,8 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            query_ids, item_ids = batch.column(S.QUERY_ID), batch.column(S.ITEM_ID)
-            features = feature_matrix(batch.column(S.FEATURES), models[0].spec.num_features)
+            query_ids, item_ids = batch.column(schema.QUERY_ID), batch.column(schema.ITEM_ID)
+            features = feature_matrix(batch.column(schema.FEATURES), models[0].spec.num_features)
             with torch.no_grad():
                 for model in models:
                     yield pa.RecordBatch.from_arrays(
@@ -134,7 +136,7 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     columns = pairs.select(
-        F.col(S.QUERY_ID).cast("string"), F.col(S.ITEM_ID).cast("string"), F.col(S.FEATURES).cast(T.ArrayType(T.FloatType()))
+        F.col(schema.QUERY_ID).cast("string"), F.col(schema.ITEM_ID).cast("string"), F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType()))
     )
     return columns.mapInArrow(apply, SCORE_SCHEMA)
 
@@ -142,7 +144,7 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
 def pairs_to_score(config: Config, spark: SparkSession) -> DataFrame:
     """The (query, item, features) rows to score, per ``score.source``."""
     if config.score.source == "candidates":
-        return read_table(spark, config.tables.path("candidates")).select(S.QUERY_ID, S.ITEM_ID, S.FEATURES)
+        return read_table(spark, config.tables.path("candidates")).select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES)
     cols = config.columns
     path = config.tables.path("impressions")
     set_shuffle_partitions(spark, table_bytes(spark, path), config.spark.shuffle_partitions)
@@ -150,8 +152,8 @@ def pairs_to_score(config: Config, spark: SparkSession) -> DataFrame:
     # Feature values may differ between impressions of a pair; the latest is not knowable
     # without a timestamp, so take one deterministic representative per pair.
     return (
-        log.groupBy(F.col(cols.query_id).cast("string").alias(S.QUERY_ID), F.col(cols.item_id).cast("string").alias(S.ITEM_ID))
-        .agg(F.min(F.col(cols.features).cast(T.ArrayType(T.FloatType()))).alias(S.FEATURES))
+        log.groupBy(F.col(cols.query_id).cast("string").alias(schema.QUERY_ID), F.col(cols.item_id).cast("string").alias(schema.ITEM_ID))
+        .agg(F.min(F.col(cols.features).cast(T.ArrayType(T.FloatType()))).alias(schema.FEATURES))
     )
 
 
@@ -162,24 +164,24 @@ def score(config: Config, spark: SparkSession, run_id: str, pairs: Optional[Data
     if pairs is None:
         pairs = pairs_to_score(config, spark)
     scores = score_pairs(pairs, spark, artifacts, config.score.batch_size).select(
-        S.QUERY_ID,
-        S.ITEM_ID,
-        S.SCORE,
-        S.MODEL,
-        F.lit(run_id).alias(S.RUN_ID),
-        F.current_timestamp().alias(S.SCORED_AT),
+        schema.QUERY_ID,
+        schema.ITEM_ID,
+        schema.SCORE,
+        schema.MODEL,
+        F.lit(run_id).alias(schema.RUN_ID),
+        F.current_timestamp().alias(schema.SCORED_AT),
     )
     provenance = Provenance.of(config, run_id, "score", [a.spec.name for a in artifacts])
     path = config.tables.path("scores")
     describe_step(spark, f"score {len(artifacts)} model(s) and write the scores")
-    replace_rows(scores, path, "scores", provenance, f"{S.RUN_ID} = {sql_string(run_id)}", change_feed=True)
-    run_scores = read_table(spark, path).where(F.col(S.RUN_ID) == run_id)
+    replace_rows(scores, path, "scores", provenance, f"{schema.RUN_ID} = {sql_string(run_id)}", change_feed=True)
+    run_scores = read_table(spark, path).where(F.col(schema.RUN_ID) == run_id)
     describe_step(spark, "merge the run's scores into scores_latest")
     update_latest_scores(run_scores, config.tables.path("scores_latest"), provenance)
     return run_scores.count()
 
 
-LATEST_KEY = (S.MODEL, S.QUERY_ID, S.ITEM_ID)
+LATEST_KEY = (schema.MODEL, schema.QUERY_ID, schema.ITEM_ID)
 
 
 def update_latest_scores(run_scores: DataFrame, path: str, provenance: Provenance) -> None:
@@ -193,16 +195,16 @@ def update_latest_scores(run_scores: DataFrame, path: str, provenance: Provenanc
 
     spark = run_scores.sparkSession
     if not table_exists(spark, path):
-        overwrite_table(run_scores, path, S.SCORES_LATEST, provenance, change_feed=True)
+        overwrite_table(run_scores, path, schema.SCORES_LATEST, provenance, change_feed=True)
         return
     on = " AND ".join(f"latest.{c} = run.{c}" for c in LATEST_KEY)
-    with user_metadata(spark, provenance.user_metadata):
+    with tag_sql_commits(spark, provenance.user_metadata):
         (
             DeltaTable.forPath(spark, path)
             .alias("latest")
             .merge(run_scores.alias("run"), on)
-            .whenMatchedUpdateAll(condition=f"NOT (latest.{S.SCORE} <=> run.{S.SCORE})")
+            .whenMatchedUpdateAll(condition=f"NOT (latest.{schema.SCORE} <=> run.{schema.SCORE})")
             .whenNotMatchedInsertAll()
             .execute()
         )
-    set_table_properties(spark, path, S.SCORES_LATEST, provenance, change_feed=True)
+    set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)

@@ -7,12 +7,13 @@ all rules at once, and nothing is written when any rule fails.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ulr_spark import schema as S
+from ulr_spark import schema
 from ulr_spark.config import LogColumns
 
 _INTEGRAL = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
@@ -63,7 +64,7 @@ def _type_rule(field: T.StructField, column: str, cols: LogColumns) -> str | Non
 def context_key(cols: LogColumns):
     """A readable key of the context columns, e.g. ``device=mobile|layout=grid``."""
     if not cols.context:
-        return F.lit(S.DEFAULT_CONTEXT_KEY)
+        return F.lit(schema.DEFAULT_CONTEXT_KEY)
     parts = [F.concat(F.lit(f"{c}="), F.coalesce(F.col(c).cast("string"), F.lit("null"))) for c in cols.context]
     return F.concat_ws("|", *parts)
 
@@ -99,20 +100,31 @@ def sampled_feature_length(log: DataFrame, cols: LogColumns, sample_rows: int = 
     return int(lengths.mode().min()) if len(lengths) else 0
 
 
-def row_rules(cols: LogColumns, num_features: int) -> list[tuple[str, str, Column]]:
-    """(column, rule, condition that marks a row breaking it) for the rules on single rows."""
+class RowRule(NamedTuple):
+    """A rule on single rows: its name (the suffix of its count columns), the column it is
+    about, the rule as the error states it, and the condition that marks a breaking row."""
+
+    name: str
+    column: str
+    rule: str
+    breaks: Column
+
+
+def row_rules(cols: LogColumns, num_features: int) -> list[RowRule]:
+    """The rules on single rows of the log."""
     clicked = F.col(cols.clicked).cast("int")
     features = F.col(cols.features)
     length = F.size(features)
     return [
-        (cols.request_id, "must not be null", F.col(cols.request_id).isNull()),
-        (cols.query_id, "must not be null", F.col(cols.query_id).isNull()),
-        (cols.item_id, "must not be null", F.col(cols.item_id).isNull()),
-        (cols.position, "must not be null", F.col(cols.position).isNull()),
-        (cols.position, "must be >= 1 (slots are 1-based)", F.col(cols.position) < 1),
-        (cols.clicked, "must be 0 or 1", clicked.isNull() | ~clicked.isin(0, 1)),
-        (cols.features, "must not be null", features.isNull()),
-        (
+        RowRule("null_request_id", cols.request_id, "must not be null", F.col(cols.request_id).isNull()),
+        RowRule("null_query_id", cols.query_id, "must not be null", F.col(cols.query_id).isNull()),
+        RowRule("null_item_id", cols.item_id, "must not be null", F.col(cols.item_id).isNull()),
+        RowRule("null_position", cols.position, "must not be null", F.col(cols.position).isNull()),
+        RowRule("position_below_1", cols.position, "must be >= 1 (slots are 1-based)", F.col(cols.position) < 1),
+        RowRule("clicked_not_binary", cols.clicked, "must be 0 or 1", clicked.isNull() | ~clicked.isin(0, 1)),
+        RowRule("null_features", cols.features, "must not be null", features.isNull()),
+        RowRule(
+            "malformed_features",
             cols.features,
             f"must hold {num_features} values (the length of the first rows), none of them null or NaN",
             features.isNotNull()
@@ -138,7 +150,7 @@ class RequestChecks:
 
     def aggregates(self) -> list[Column]:
         cols = self.cols
-        out = [F.sum(F.when(cond, 1).otherwise(0)).alias(f"rule{i}") for i, (_, _, cond) in enumerate(self.rules)]
+        out = [F.sum(F.when(r.breaks, 1).otherwise(0)).alias(f"broken_{r.name}") for r in self.rules]
         return out + [
             F.count(F.lit(1)).alias("log_rows"),
             F.sum(F.when(F.col(cols.position) > self.max_slate_size, 1).otherwise(0)).alias("beyond_rows"),
@@ -160,7 +172,7 @@ class RequestChecks:
             )
         )
         request_keyed = F.col("request_id").isNotNull()
-        out = [F.col(f"rule{i}").cast("long").alias(f"check_rule{i}") for i in range(len(self.rules))]
+        out = [F.col(f"broken_{r.name}").cast("long").alias(f"check_{r.name}") for r in self.rules]
         return out + [
             rows.cast("long").alias("check_log_rows"),
             F.col("beyond_rows").cast("long").alias("check_beyond_rows"),
@@ -177,7 +189,7 @@ class RequestChecks:
 
     def violations(self, totals) -> list[Violation]:
         cols = self.cols
-        found = [Violation(c, rule, int(totals[f"check_rule{i}"] or 0)) for i, (c, rule, _) in enumerate(self.rules)]
+        found = [Violation(r.column, r.rule, int(totals[f"check_{r.name}"] or 0)) for r in self.rules]
         found.append(
             Violation(cols.position, f"must be unique within a request ('{cols.request_id}'): two items in one slot",
                       int(totals["check_shared_slot"] or 0))

@@ -1,4 +1,4 @@
-"""Reading LETOR / svmlight ranking data (DESIGN section 4, truth from a real dataset).
+"""Reading LETOR / svmlight ranking data (truth from a real dataset; docs/design.md, "Simulator").
 
 Each line is ``label [qid:Q] index:value ...`` with an optional ``# comment``. Queries come
 from ``qid:`` when the lines carry it, otherwise from a LightGBM-style ``<file>.query`` file that

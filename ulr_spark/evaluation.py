@@ -1,4 +1,4 @@
-"""Quality against the simulator's truth (DESIGN section 5).
+"""Quality against the simulator's truth (docs/design.md, "Metrics").
 
 - NDCG@k of each model's relevance scores against the true labels, over all candidate items
   of each evaluated query (not only those shown). Queries whose items are all irrelevant
@@ -13,9 +13,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from ulr_spark import schema as S
+from ulr_spark import schema
 from ulr_spark.config import Config
-from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string, table_exists
+from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_exists
 
 BIAS_ERROR = "bias_curve_error"
 
@@ -26,12 +26,12 @@ def ndcg_metric(k: int) -> str:
 
 def ndcg(scored: DataFrame, cutoffs: list[int]) -> DataFrame:
     """(model, query_id, item_id, score, label) -> (model, metric, value, queries)."""
-    per_query = Window.partitionBy(S.MODEL, S.QUERY_ID)
-    gain = F.pow(F.lit(2.0), F.col(S.LABEL)) - 1.0
+    per_query = Window.partitionBy(schema.MODEL, schema.QUERY_ID)
+    gain = F.pow(F.lit(2.0), F.col(schema.LABEL)) - 1.0
     ranked = (
         scored.withColumn("gain", gain)
-        .withColumn("rank_by_score", F.row_number().over(per_query.orderBy(F.desc(S.SCORE), S.ITEM_ID)))
-        .withColumn("rank_by_label", F.row_number().over(per_query.orderBy(F.desc(S.LABEL), S.ITEM_ID)))
+        .withColumn("rank_by_score", F.row_number().over(per_query.orderBy(F.desc(schema.SCORE), schema.ITEM_ID)))
+        .withColumn("rank_by_label", F.row_number().over(per_query.orderBy(F.desc(schema.LABEL), schema.ITEM_ID)))
     )
 
     def discounted(rank_col: str, k: int) -> F.Column:
@@ -41,72 +41,72 @@ def ndcg(scored: DataFrame, cutoffs: list[int]) -> DataFrame:
     sums = []
     for k in cutoffs:
         sums += [discounted("rank_by_score", k).alias(f"dcg{k}"), discounted("rank_by_label", k).alias(f"idcg{k}")]
-    per_query_scores = ranked.groupBy(S.MODEL, S.QUERY_ID).agg(F.max(S.LABEL).alias("max_label"), *sums)
+    per_query_scores = ranked.groupBy(schema.MODEL, schema.QUERY_ID).agg(F.max(schema.LABEL).alias("max_label"), *sums)
     judged = per_query_scores.where(F.col("max_label") > 0)
-    means = judged.groupBy(S.MODEL).agg(
+    means = judged.groupBy(schema.MODEL).agg(
         F.count(F.lit(1)).alias("queries"),
         *[F.avg(F.col(f"dcg{k}") / F.col(f"idcg{k}")).alias(ndcg_metric(k)) for k in cutoffs],
     )
     return means.select(
-        S.MODEL,
+        schema.MODEL,
         F.explode(
-            F.array(*[F.struct(F.lit(ndcg_metric(k)).alias(S.METRIC), F.col(ndcg_metric(k)).alias(S.VALUE)) for k in cutoffs])
+            F.array(*[F.struct(F.lit(ndcg_metric(k)).alias(schema.METRIC), F.col(ndcg_metric(k)).alias(schema.VALUE)) for k in cutoffs])
         ).alias("m"),
         "queries",
-    ).select(S.MODEL, "m.metric", "m.value", "queries")
+    ).select(schema.MODEL, "m.metric", "m.value", "queries")
 
 
 def bias_curve_error(learned: DataFrame, truth: DataFrame, slots: list[int]) -> DataFrame:
     """(model, position, examination) vs truth (position, examination) -> (model, metric, value)."""
-    true_curve = truth.where(F.col(S.CONTEXT_KEY) == S.DEFAULT_CONTEXT_KEY).select(
-        S.POSITION, F.col(S.EXAMINATION).alias("true_examination")
+    true_curve = truth.where(F.col(schema.CONTEXT_KEY) == schema.DEFAULT_CONTEXT_KEY).select(
+        schema.POSITION, F.col(schema.EXAMINATION).alias("true_examination")
     )
     joined = (
-        learned.where(F.col(S.CONTEXT_KEY) == S.DEFAULT_CONTEXT_KEY)
-        .join(true_curve, S.POSITION)
-        .where(F.col(S.POSITION).isin(slots))
+        learned.where(F.col(schema.CONTEXT_KEY) == schema.DEFAULT_CONTEXT_KEY)
+        .join(true_curve, schema.POSITION)
+        .where(F.col(schema.POSITION).isin(slots))
     )
-    relative = F.abs(F.col(S.EXAMINATION) - F.col("true_examination")) / F.col("true_examination")
-    return joined.groupBy(S.MODEL).agg(F.avg(relative).alias(S.VALUE), F.count(F.lit(1)).alias("slots")).select(
-        S.MODEL, F.lit(BIAS_ERROR).alias(S.METRIC), S.VALUE
+    relative = F.abs(F.col(schema.EXAMINATION) - F.col("true_examination")) / F.col("true_examination")
+    return joined.groupBy(schema.MODEL).agg(F.avg(relative).alias(schema.VALUE), F.count(F.lit(1)).alias("slots")).select(
+        schema.MODEL, F.lit(BIAS_ERROR).alias(schema.METRIC), schema.VALUE
     )
 
 
 def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
     """Compute, write (replacing the run's rows) and return the run's metrics."""
     tables, ec = config.tables, config.evaluate
-    run_filter = F.col(S.RUN_ID) == run_id
+    run_filter = F.col(schema.RUN_ID) == run_id
     scores = read_table(spark, tables.path("scores")).where(run_filter)
     labels = read_table(spark, tables.path("truth_labels"))
     if ec.queries == "heldout":
-        labels = labels.where(F.col(S.SPLIT) == S.SPLIT_HELDOUT)
-    scored = scores.join(labels, [S.QUERY_ID, S.ITEM_ID]).select(S.MODEL, S.QUERY_ID, S.ITEM_ID, S.SCORE, S.LABEL)
-    metrics = ndcg(scored, ec.ndcg_at).select(S.MODEL, S.METRIC, S.VALUE)
+        labels = labels.where(F.col(schema.SPLIT) == schema.SPLIT_HELDOUT)
+    scored = scores.join(labels, [schema.QUERY_ID, schema.ITEM_ID]).select(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.LABEL)
+    metrics = ndcg(scored, ec.ndcg_at).select(schema.MODEL, schema.METRIC, schema.VALUE)
     if table_exists(spark, tables.path("bias_curves")):
         learned = read_table(spark, tables.path("bias_curves")).where(run_filter)
         truth = read_table(spark, tables.path("truth_examination"))
         metrics = metrics.unionByName(bias_curve_error(learned, truth, ec.bias_error_slots))
     metrics = metrics.select(
-        F.lit(run_id).alias(S.RUN_ID), S.MODEL, S.METRIC, F.col(S.VALUE).cast("double"),
-        F.current_timestamp().alias(S.EVALUATED_AT),
+        F.lit(run_id).alias(schema.RUN_ID), schema.MODEL, schema.METRIC, F.col(schema.VALUE).cast("double"),
+        F.current_timestamp().alias(schema.EVALUATED_AT),
     )
     replace_rows(
         metrics.coalesce(1), tables.path("metrics"), "metrics", Provenance.of(config, run_id, "evaluate"),
-        f"{S.RUN_ID} = {sql_string(run_id)}",
+        f"{schema.RUN_ID} = {sql_string(run_id)}",
     )
     return read_table(spark, tables.path("metrics")).where(run_filter)
 
 
 def format_metrics(metrics: DataFrame) -> str:
     """A readable table: one row per model, one column per metric."""
-    rows = metrics.select(S.MODEL, S.METRIC, S.VALUE).collect()
+    rows = metrics.select(schema.MODEL, schema.METRIC, schema.VALUE).collect()
     def order(metric: str) -> tuple:
         is_ndcg = metric.startswith("ndcg@")
         return (not is_ndcg, int(metric.split("@")[1]) if is_ndcg else 0, metric)
 
-    names = sorted({r[S.METRIC] for r in rows}, key=order)
-    models = sorted({r[S.MODEL] for r in rows})
-    values = {(r[S.MODEL], r[S.METRIC]): r[S.VALUE] for r in rows}
+    names = sorted({r[schema.METRIC] for r in rows}, key=order)
+    models = sorted({r[schema.MODEL] for r in rows})
+    values = {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in rows}
     width = max([len("model")] + [len(m) for m in models])
     header = f"{'model':<{width}}  " + "  ".join(f"{n:>{max(len(n), 8)}}" for n in names)
     lines = [header, "-" * len(header)]
@@ -114,6 +114,6 @@ def format_metrics(metrics: DataFrame) -> str:
         cells = []
         for n in names:
             v = values.get((model, n))
-            cells.append(f"{('%.4f' % v) if v is not None else '-':>{max(len(n), 8)}}")
+            cells.append(f"{f'{v:.4f}' if v is not None else '-':>{max(len(n), 8)}}")
         lines.append(f"{model:<{width}}  " + "  ".join(cells))
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""From the impression log to position-context training examples (DESIGN section 2).
+"""From the impression log to position-context training examples (docs/design.md, "Examples").
 
 One example per distinct slate: the query, the context, and the shown items in slot order with
 their features. Identical slates are merged into one row whose ``impressions`` counts the
@@ -18,13 +18,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ulr_spark import schema as S
+from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
-from ulr_spark.delta_io import Provenance, overwrite_table, read_table
-from ulr_spark.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
-from ulr_spark.spark import describe_step
-from ulr_spark.validate import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
-
+from ulr_spark.examples.validation import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
+from ulr_spark.io.delta import Provenance, overwrite_table, read_table
+from ulr_spark.io.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
+from ulr_spark.io.spark import describe_step
 
 # Below this share of (query, item) pairs logged in more than one slot, position and relevance
 # can hardly be told apart (Hager et al., 2025), and build-examples says so.
@@ -71,18 +70,18 @@ def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, ch
         return F.expr(f"transform(sequence(0, {k - 1}), i -> coalesce(get(slate, i).{expr}, {pad}))")
 
     return per_request.select(
-        F.col("min_query").alias(S.QUERY_ID),
-        F.col("min_context").alias(S.CONTEXT_KEY),
-        F.size("slate").cast("int").alias(S.SLATE_SIZE),
-        padded("item_id", "''").alias(S.ITEM_IDS),
-        padded("position", "0").alias(S.POSITIONS),
-        F.flatten(padded("features", f"array_repeat(cast(0 as float), {d})")).alias(S.FEATURES),
+        F.col("min_query").alias(schema.QUERY_ID),
+        F.col("min_context").alias(schema.CONTEXT_KEY),
+        F.size("slate").cast("int").alias(schema.SLATE_SIZE),
+        padded("item_id", "''").alias(schema.ITEM_IDS),
+        padded("position", "0").alias(schema.POSITIONS),
+        F.flatten(padded("features", f"array_repeat(cast(0 as float), {d})")).alias(schema.FEATURES),
         padded("clicked", "0").alias("request_clicks"),
         *checks.counts(),
     )
 
 
-SLATE_KEY = [S.QUERY_ID, S.CONTEXT_KEY, S.SLATE_SIZE, S.ITEM_IDS, S.POSITIONS, S.FEATURES]
+SLATE_KEY = [schema.QUERY_ID, schema.CONTEXT_KEY, schema.SLATE_SIZE, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES]
 
 
 def merge_identical_slates(slates: DataFrame, max_slate_size: int) -> DataFrame:
@@ -92,19 +91,19 @@ def merge_identical_slates(slates: DataFrame, max_slate_size: int) -> DataFrame:
     slate millions of times leaves each task as one partial row.
     """
     checks = RequestChecks.count_columns(slates)
-    sums = [F.sum(F.col("request_clicks")[i]).alias(f"c{i}") for i in range(max_slate_size)]
+    sums = [F.sum(F.col("request_clicks")[i]).alias(f"clicks_of_entry_{i}") for i in range(max_slate_size)]
     merged = slates.groupBy(*SLATE_KEY).agg(
-        F.count(F.lit(1)).alias(S.IMPRESSIONS), *sums, *[F.sum(c).alias(c) for c in checks]
+        F.count(F.lit(1)).alias(schema.IMPRESSIONS), *sums, *[F.sum(c).alias(c) for c in checks]
     )
-    clicks = F.array(*[F.col(f"c{i}").cast("int") for i in range(max_slate_size)])
-    return merged.select(*SLATE_KEY, F.col(S.IMPRESSIONS).cast("long"), clicks.alias(S.CLICKS), *checks)
+    clicks = F.array(*[F.col(f"clicks_of_entry_{i}").cast("int") for i in range(max_slate_size)])
+    return merged.select(*SLATE_KEY, F.col(schema.IMPRESSIONS).cast("long"), clicks.alias(schema.CLICKS), *checks)
 
 
 def unmerged_slates(slates: DataFrame) -> DataFrame:
     """One row per request (weight 1): what training sees without merging."""
     checks = RequestChecks.count_columns(slates)
     return slates.select(
-        *SLATE_KEY, F.lit(1).cast("long").alias(S.IMPRESSIONS), F.col("request_clicks").alias(S.CLICKS), *checks
+        *SLATE_KEY, F.lit(1).cast("long").alias(schema.IMPRESSIONS), F.col("request_clicks").alias(schema.CLICKS), *checks
     )
 
 
@@ -113,16 +112,16 @@ def context_vocabulary(examples: DataFrame) -> dict[str, int]:
 
     Context columns are low-cardinality by contract, so the keys are collected to the driver.
     """
-    keys = sorted(r[0] for r in examples.select(S.CONTEXT_KEY).distinct().collect())
-    keys.sort(key=lambda key: key != S.DEFAULT_CONTEXT_KEY)
+    keys = sorted(r[0] for r in examples.select(schema.CONTEXT_KEY).distinct().collect())
+    keys.sort(key=lambda key: key != schema.DEFAULT_CONTEXT_KEY)
     return {key: i for i, key in enumerate(keys)}
 
 
 def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
     mapping = F.create_map(*[F.lit(v) for pair in vocab.items() for v in pair])
     return examples.select(
-        S.QUERY_ID, S.CONTEXT_KEY, mapping[F.col(S.CONTEXT_KEY)].cast("int").alias(S.CONTEXT_ID), S.SLATE_SIZE,
-        S.ITEM_IDS, S.POSITIONS, S.FEATURES, S.IMPRESSIONS, S.CLICKS,
+        schema.QUERY_ID, schema.CONTEXT_KEY, mapping[F.col(schema.CONTEXT_KEY)].cast("int").alias(schema.CONTEXT_ID), schema.SLATE_SIZE,
+        schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES, schema.IMPRESSIONS, schema.CLICKS,
     )
 
 
@@ -130,9 +129,9 @@ def share_of_pairs_in_several_slots(examples: DataFrame) -> float:
     """Share of (query, item) pairs shown in two or more different slots (slots up to the cap),
     read from the examples, which are much smaller than the log."""
     entries = examples.select(
-        S.QUERY_ID, F.explode(F.arrays_zip(F.col(S.ITEM_IDS).alias("item"), F.col(S.POSITIONS).alias("slot"))).alias("e")
+        schema.QUERY_ID, F.explode(F.arrays_zip(F.col(schema.ITEM_IDS).alias("item"), F.col(schema.POSITIONS).alias("slot"))).alias("e")
     ).where(F.col("e.slot") > 0)
-    per_pair = entries.groupBy(S.QUERY_ID, F.col("e.item").alias("item")).agg(
+    per_pair = entries.groupBy(schema.QUERY_ID, F.col("e.item").alias("item")).agg(
         F.countDistinct(F.col("e.slot")).alias("slots")
     )
     row = per_pair.agg(F.avg((F.col("slots") > 1).cast("double")).alias("share")).first()
@@ -165,7 +164,7 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         check_columns = RequestChecks.count_columns(merged)
         totals = merged.agg(
             F.count(F.lit(1)).alias("examples"),
-            F.sum(S.IMPRESSIONS).alias("requests"),
+            F.sum(schema.IMPRESSIONS).alias("requests"),
             *[F.sum(c).alias(c) for c in check_columns],
         ).first()
         broken = checks.violations(totals)

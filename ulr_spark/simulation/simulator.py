@@ -1,4 +1,4 @@
-"""Simulated impression logs with a known truth (DESIGN section 4).
+"""Simulated impression logs with a known truth (docs/design.md, "Simulator").
 
 The catalogue (queries, their candidate items, features and true labels) is small and drawn on
 the driver with numpy, from a hidden function of synthetic features or from a LETOR file. The
@@ -20,143 +20,17 @@ slots, which is what makes relevance and position identifiable (Hager et al., 20
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from ulr_spark import schema as S
-from ulr_spark.config import Config, LogColumns, SimulateConfig
-from ulr_spark.delta_io import Provenance, overwrite_table, read_table
-from ulr_spark.letor import read_letor
-
-
-@dataclass(frozen=True)
-class SimulatedTruth:
-    """What the simulator knows and the models must recover."""
-
-    catalogue: pd.DataFrame  # query_id, item_id, features, label, split, relevance, distractor
-    examination: np.ndarray  # true examination of slots 1..slate_size
-
-
-def attraction(labels: np.ndarray, eps: float) -> np.ndarray:
-    """P(attracted | y) = eps + (1 - eps) * (2^y - 1) / (2^4 - 1)."""
-    return eps + (1.0 - eps) * (np.power(2.0, labels) - 1.0) / 15.0
-
-
-def examination_curve(cfg: SimulateConfig) -> np.ndarray:
-    """theta_k ** eta for slots 1..slate_size."""
-    return np.power(np.asarray(cfg.examination[: cfg.slate_size], dtype=np.float64), cfg.eta)
-
-
-def _labels_from_relevance(relevance: np.ndarray, shares: list[float]) -> np.ndarray:
-    cut_points = np.quantile(relevance, np.cumsum(shares)[:-1])
-    return np.searchsorted(cut_points, relevance, side="right").astype(np.int32)
-
-
-def _standardise(values: np.ndarray) -> np.ndarray:
-    return (values - values.mean()) / max(float(values.std()), 1e-12)
-
-
-def _catalogue_frame(
-    query_index: np.ndarray, features: np.ndarray, labels: np.ndarray, heldout_queries: np.ndarray,
-    relevance: np.ndarray, distractor: np.ndarray, prefix: str = "q",
-) -> pd.DataFrame:
-    """One row per (query, candidate item); ``query_index`` is contiguous per query."""
-    within = np.zeros(len(query_index), dtype=np.int64)
-    starts = np.r_[0, np.flatnonzero(np.diff(query_index)) + 1]
-    for begin, end in zip(starts, np.r_[starts[1:], len(query_index)]):
-        within[begin:end] = np.arange(end - begin)
-    query_ids = np.array([f"{prefix}{i:07d}" for i in query_index])
-    return pd.DataFrame(
-        {
-            S.QUERY_ID: query_ids,
-            S.ITEM_ID: [f"{q}-i{j:03d}" for q, j in zip(query_ids, within)],
-            "query_index": query_index,
-            S.FEATURES: list(features.astype(np.float32)),
-            S.LABEL: labels.astype(np.int32),
-            S.SPLIT: np.where(heldout_queries[query_index], S.SPLIT_HELDOUT, S.SPLIT_TRAIN),
-            "relevance": relevance.astype(np.float64),
-            "distractor": distractor.astype(np.float64),
-        }
-    )
-
-
-def _heldout(rng: np.random.Generator, num_queries: int, fraction: float) -> np.ndarray:
-    order = rng.permutation(num_queries)
-    heldout = np.zeros(num_queries, dtype=bool)
-    heldout[order[: max(1, int(round(num_queries * fraction)))]] = True
-    return heldout
-
-
-def draw_synthetic_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
-    """Queries, candidates, features and labels from a hidden function; deterministic for a seed."""
-    rng = np.random.default_rng(cfg.seed)
-    q, c, d = cfg.num_queries, cfg.candidates_per_query, cfg.num_features
-    x = rng.normal(size=(q, c, d)).astype(np.float32)
-
-    # Hidden relevance: a linear part, an interaction, and a query offset the model cannot see
-    # (it moves whole queries up or down, which per-query NDCG ignores).
-    w_lin, w_a, w_b = (rng.normal(size=d) / np.sqrt(d) for _ in range(3))
-    relevance = x @ w_lin + 0.7 * np.tanh(x @ w_a) * (x @ w_b) + rng.normal(scale=0.3, size=(q, 1))
-    relevance = _standardise(relevance)
-
-    # The distractor direction is made orthogonal to the linear part of relevance.
-    w_u = rng.normal(size=d)
-    w_u -= w_u @ w_lin / (w_lin @ w_lin) * w_lin
-    distractor = _standardise(x @ w_u)
-
-    labels = _labels_from_relevance(relevance, cfg.label_shares)
-    heldout = _heldout(rng, q, cfg.heldout_fraction)
-    return _catalogue_frame(
-        np.repeat(np.arange(q), c), x.reshape(q * c, d), labels.reshape(-1), heldout,
-        relevance.reshape(-1), distractor.reshape(-1),
-    )
-
-
-# A ranker that knows the labels only roughly: its item-level error persists across requests.
-LETOR_RANKER_ERROR = 0.5
-
-
-def draw_letor_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
-    """Truth and features from LETOR files (DESIGN section 4): labels as given; the logging
-    ranker sees the label with a fixed per-item error, plus a random feature direction as the
-    distractor."""
-    rng = np.random.default_rng(cfg.seed)
-    parts = [(read_letor(cfg.letor.train_path), False)]
-    if cfg.letor.test_path:
-        parts.append((read_letor(cfg.letor.test_path), True))
-    width = max(data.features.shape[1] for data, _ in parts)  # a feature may be absent from one file
-    query_index, features, labels, heldout_flags = [], [], [], []
-    offset = 0
-    for data, is_test in parts:
-        _, dense = np.unique(data.query_ids, return_inverse=True)
-        # Keep file order of queries: rank queries by first appearance.
-        first_seen = {}
-        order = np.array([first_seen.setdefault(q, len(first_seen)) for q in dense])
-        query_index.append(order + offset)
-        heldout_flags += [is_test] * len(first_seen)
-        offset += len(first_seen)
-        features.append(np.pad(data.features, ((0, 0), (0, width - data.features.shape[1]))))
-        labels.append(data.labels)
-    query_index = np.concatenate(query_index)
-    heldout = np.asarray(heldout_flags) if cfg.letor.test_path else _heldout(rng, offset, cfg.heldout_fraction)
-    x = np.concatenate(features)
-    y = np.concatenate(labels)
-    relevance = _standardise(y + LETOR_RANKER_ERROR * rng.normal(size=len(y)))
-    distractor = _standardise(x @ rng.normal(size=x.shape[1]))
-    sort = np.argsort(query_index, kind="stable")
-    return _catalogue_frame(query_index[sort], x[sort], y[sort], heldout, relevance[sort], distractor[sort])
-
-
-def draw_catalogue(cfg: SimulateConfig) -> SimulatedTruth:
-    """The catalogue of the configured source and the examination curve of the PBM part."""
-    catalogue = draw_letor_catalogue(cfg) if cfg.source == "letor" else draw_synthetic_catalogue(cfg)
-    return SimulatedTruth(catalogue=catalogue, examination=examination_curve(cfg))
-
+from ulr_spark import schema
+from ulr_spark.config import Config, LogColumns
+from ulr_spark.io.delta import Provenance, overwrite_table, read_table
+from ulr_spark.simulation.catalogue import SimulatedTruth, attraction, draw_catalogue
+from ulr_spark.simulation.settings import SimulateConfig, simulation_settings
 
 _HASH_RANGE = 2**53
 
@@ -229,8 +103,8 @@ def _ranked_slate(cfg: SimulateConfig) -> F.Column:
         randomised = hashed_uniform(F.col("request_index"), salt=cfg.seed + 13) < cfg.randomised_share
 
     def sort_key(candidate: F.Column, index: F.Column) -> F.Column:
-        fresh = hashed_normal(F.col("request_index"), candidate[S.ITEM_ID], salt=cfg.seed)
-        fixed = hashed_normal(candidate[S.ITEM_ID], salt=cfg.seed + 11)
+        fresh = hashed_normal(F.col("request_index"), candidate[schema.ITEM_ID], salt=cfg.seed)
+        fixed = hashed_normal(candidate[schema.ITEM_ID], salt=cfg.seed + 11)
         noise = F.when(randomised, fresh).otherwise(fixed)
         score = candidate["base_score"] + F.lit(lr.noise) * noise
         return F.struct((-score).alias("key"), index.alias("index"))
@@ -252,23 +126,23 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
     and explodes the top ``slate_size``: no shuffle, so the log grows in Spark at the speed of
     a scan and nothing about it is held on the driver.
     """
-    cfg = config.simulate
+    cfg = simulation_settings(config)
     catalogue = truth.catalogue
-    train = catalogue[catalogue[S.SPLIT] == S.SPLIT_TRAIN].copy()
+    train = catalogue[catalogue[schema.SPLIT] == schema.SPLIT_TRAIN].copy()
     train_queries = np.sort(train["query_index"].unique())
     # Dense index of the training queries, which is also their popularity rank.
     train["train_rank"] = np.searchsorted(train_queries, train["query_index"].to_numpy())
-    train["attraction"] = attraction(train[S.LABEL].to_numpy(), cfg.click_noise)
+    train["attraction"] = attraction(train[schema.LABEL].to_numpy(), cfg.click_noise)
     lr = cfg.logging_ranker
     train["base_score"] = lr.relevance_weight * train["relevance"] + lr.distractor_weight * train["distractor"]
-    train = train.sort_values(["train_rank", S.ITEM_ID])
+    train = train.sort_values(["train_rank", schema.ITEM_ID])
     per_query = (
-        spark.createDataFrame(train[["train_rank", S.QUERY_ID, S.ITEM_ID, S.FEATURES, "attraction", "base_score"]])
+        spark.createDataFrame(train[["train_rank", schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES, "attraction", "base_score"]])
         .groupBy("train_rank")
         .agg(
-            F.first(S.QUERY_ID).alias(S.QUERY_ID),
+            F.first(schema.QUERY_ID).alias(schema.QUERY_ID),
             F.array_sort(
-                F.collect_list(F.struct(S.ITEM_ID, S.FEATURES, "attraction", "base_score"))
+                F.collect_list(F.struct(schema.ITEM_ID, schema.FEATURES, "attraction", "base_score"))
             ).alias("candidates"),
         )
     )
@@ -281,15 +155,15 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
         F.date_add(
             F.lit(cfg.start_date).cast("date"),
             F.floor(F.col("id") * cfg.days / cfg.num_requests).cast("int"),
-        ).alias(S.EVENT_DATE),
+        ).alias(schema.EVENT_DATE),
     )
     pages = (
         requests.join(F.broadcast(per_query), "train_rank")
         .withColumn("slate", _ranked_slate(cfg))
         .select(
             "request_index",
-            S.QUERY_ID,
-            S.EVENT_DATE,
+            schema.QUERY_ID,
+            schema.EVENT_DATE,
             F.transform("slate", lambda entry: entry["attraction"]).alias("attractions"),
             F.posexplode("slate").alias("index", "entry"),
         )
@@ -300,11 +174,11 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
         examination = examination * (1.0 - cfg.neighbour_effect * _neighbour_attraction(config.examples.grid_columns))
     shown = pages.select(
         "request_index",
-        S.QUERY_ID,
-        S.EVENT_DATE,
+        schema.QUERY_ID,
+        schema.EVENT_DATE,
         (F.col("index") + 1).alias("slot"),
-        F.col("entry")[S.ITEM_ID].alias(S.ITEM_ID),
-        F.col("entry")[S.FEATURES].alias(S.FEATURES),
+        F.col("entry")[schema.ITEM_ID].alias(schema.ITEM_ID),
+        F.col("entry")[schema.FEATURES].alias(schema.FEATURES),
         F.col("entry")["attraction"].alias("attraction"),
         examination.alias("examination"),
     )
@@ -318,17 +192,17 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
 
 
 def impression_log(shown: DataFrame, cfg: SimulateConfig, cols: LogColumns) -> DataFrame:
-    """The log contract (DESIGN section 2) of :func:`shown_items`, with clicks drawn."""
+    """The log contract (docs/design.md, "The impression log") of :func:`shown_items`, with clicks drawn."""
     return shown.select(
         F.format_string("r%010d", F.col("request_index")).alias(cols.request_id),
-        F.col(S.QUERY_ID).alias(cols.query_id),
-        F.col(S.ITEM_ID).alias(cols.item_id),
+        F.col(schema.QUERY_ID).alias(cols.query_id),
+        F.col(schema.ITEM_ID).alias(cols.item_id),
         F.col("slot").cast("int").alias(cols.position),
-        (hashed_uniform(F.col("request_index"), F.col(S.ITEM_ID), salt=cfg.seed + 2) < F.col("p_click"))
+        (hashed_uniform(F.col("request_index"), F.col(schema.ITEM_ID), salt=cfg.seed + 2) < F.col("p_click"))
         .cast("int")
         .alias(cols.clicked),
-        F.col(S.FEATURES).cast(T.ArrayType(T.FloatType())).alias(cols.features),
-        F.col(S.EVENT_DATE),
+        F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType())).alias(cols.features),
+        F.col(schema.EVENT_DATE),
     )
 
 
@@ -349,10 +223,10 @@ def true_examination(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedT
     return spark.createDataFrame(
         pd.DataFrame(
             {
-                S.CONTEXT_KEY: S.DEFAULT_CONTEXT_KEY,
-                S.POSITION: positions,
-                S.EXAMINATION: absolute / absolute[0],
-                S.EXAMINATION_ABSOLUTE: absolute,
+                schema.CONTEXT_KEY: schema.DEFAULT_CONTEXT_KEY,
+                schema.POSITION: positions,
+                schema.EXAMINATION: absolute / absolute[0],
+                schema.EXAMINATION_ABSOLUTE: absolute,
             }
         )
     )
@@ -360,7 +234,7 @@ def true_examination(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedT
 
 def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]:
     """Write the impression log, the candidates and the truth tables. Returns row counts."""
-    cfg, tables = config.simulate, config.tables
+    cfg, tables = simulation_settings(config), config.tables
     if config.columns.context:
         raise ValueError(
             "simulate: simulated logs have no context columns, but columns.context is "
@@ -368,10 +242,10 @@ def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]
         )
     truth = draw_catalogue(cfg)
     catalogue = truth.catalogue
-    candidates = spark.createDataFrame(catalogue[[S.QUERY_ID, S.ITEM_ID, S.FEATURES, S.SPLIT]]).withColumn(
-        S.FEATURES, F.col(S.FEATURES).cast(T.ArrayType(T.FloatType()))
+    candidates = spark.createDataFrame(catalogue[[schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES, schema.SPLIT]]).withColumn(
+        schema.FEATURES, F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType()))
     )
-    labels = spark.createDataFrame(catalogue[[S.QUERY_ID, S.ITEM_ID, S.LABEL, S.SPLIT]])
+    labels = spark.createDataFrame(catalogue[[schema.QUERY_ID, schema.ITEM_ID, schema.LABEL, schema.SPLIT]])
     provenance = Provenance.of(config, run_id, "simulate")
     overwrite_table(candidates.coalesce(1), tables.path("candidates"), "candidates", provenance)
     overwrite_table(labels.coalesce(1), tables.path("truth_labels"), "truth_labels", provenance)
@@ -381,9 +255,9 @@ def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]
         provenance,
     )
     log = impression_log(shown, cfg, config.columns)
-    overwrite_table(log, tables.path("impressions"), "impressions", provenance, partition_by=[S.EVENT_DATE])
+    overwrite_table(log, tables.path("impressions"), "impressions", provenance, partition_by=[schema.EVENT_DATE])
     return {
         "impressions": read_table(spark, tables.path("impressions")).count(),
         "candidates": len(catalogue),
-        "queries": int(catalogue[S.QUERY_ID].nunique()),
+        "queries": int(catalogue[schema.QUERY_ID].nunique()),
     }

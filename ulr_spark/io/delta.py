@@ -13,14 +13,16 @@ metadata-only commit with the same ``userMetadata``; the data commit never depen
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ulr_spark import schema as S
+from ulr_spark import schema
 
 PROPERTY_PREFIX = "ulr_spark."
 CHANGE_FEED = "delta.enableChangeDataFeed"
@@ -40,7 +42,7 @@ class Provenance:
     models: Sequence[str] = ()
 
     @classmethod
-    def of(cls, config, run_id: str, stage: str, models: Sequence[str] = ()) -> "Provenance":
+    def of(cls, config, run_id: str, stage: str, models: Sequence[str] = ()) -> Provenance:
         return cls(run_id=run_id, stage=stage, config_hash=config.fingerprint(), models=tuple(models))
 
     @property
@@ -58,6 +60,11 @@ def read_table(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.format("delta").load(path)
 
 
+def run_rows(spark: SparkSession, path: str, run_id: str) -> DataFrame:
+    """The rows one run wrote to a run-keyed table (metrics, scores, bias curves)."""
+    return read_table(spark, path).where(F.col(schema.RUN_ID) == run_id)
+
+
 def table_exists(spark: SparkSession, path: str) -> bool:
     from delta.tables import DeltaTable
 
@@ -70,7 +77,7 @@ def table_exists(spark: SparkSession, path: str) -> bool:
 def with_column_comments(df: DataFrame) -> DataFrame:
     """Attach the documented comment of every known column (kept by Delta in the schema)."""
     for name in df.columns:
-        comment = S.COLUMN_COMMENTS.get(name)
+        comment = schema.COLUMN_COMMENTS.get(name)
         if comment:
             df = df.withMetadata(name, {**df.schema[name].metadata, "comment": comment})
     return df
@@ -124,29 +131,27 @@ def set_table_properties(
     spark: SparkSession, path: str, table: str, provenance: Provenance, change_feed: bool = False
 ) -> None:
     """The newest writer's properties (and the table's description) in one metadata commit."""
-    properties = {**provenance.properties(), "comment": S.TABLE_COMMENTS.get(table, "")}
+    properties = {**provenance.properties(), "comment": schema.TABLE_COMMENTS.get(table, "")}
     if change_feed:
         properties[CHANGE_FEED] = "true"
     assignments = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in properties.items() if v)
-    with user_metadata(spark, provenance.user_metadata):
+    with tag_sql_commits(spark, provenance.user_metadata):
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})")
 
 
-class user_metadata:
-    """Tag the Delta commits of SQL statements, which take no writer options."""
-
-    def __init__(self, spark: SparkSession, value: str):
-        self.spark, self.value = spark, value
-
-    def __enter__(self) -> None:
-        self.previous = self.spark.conf.get(USER_METADATA_CONF, None)
-        self.spark.conf.set(USER_METADATA_CONF, self.value)
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is None:
-            self.spark.conf.unset(USER_METADATA_CONF)
+@contextlib.contextmanager
+def tag_sql_commits(spark: SparkSession, user_metadata: str) -> Iterator[None]:
+    """Within the block, Delta commits of SQL statements (MERGE, ALTER TABLE), which take no
+    writer options, carry ``user_metadata``; the session's previous setting comes back after."""
+    previous = spark.conf.get(USER_METADATA_CONF, None)
+    spark.conf.set(USER_METADATA_CONF, user_metadata)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(USER_METADATA_CONF)
         else:
-            self.spark.conf.set(USER_METADATA_CONF, self.previous)
+            spark.conf.set(USER_METADATA_CONF, previous)
 
 
 def table_properties(spark: SparkSession, path: str) -> dict[str, str]:

@@ -11,15 +11,15 @@ import contextlib
 import queue
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ulr_spark import schema as S
-from ulr_spark.sizing import PetastormLayout
+from ulr_spark import schema
+from ulr_spark.io.sizing import PetastormLayout
 
 
 def quiet_petastorm_warnings() -> None:
@@ -37,20 +37,20 @@ class SlateBatch:
     impressions: torch.Tensor  # [B] float32
 
     @staticmethod
-    def from_petastorm(batch: dict, max_slate_size: int, device: torch.device) -> "SlateBatch":
+    def from_petastorm(batch: dict, max_slate_size: int, device: torch.device) -> SlateBatch:
         """Reassemble a batch of the columns :func:`petastorm_columns` wrote."""
         k = max_slate_size
-        features = batch[S.FEATURES]
+        features = batch[schema.FEATURES]
 
         def stacked(prefix: str) -> torch.Tensor:
             return torch.stack([batch[f"{prefix}{i}"] for i in range(k)], dim=1)
 
         return SlateBatch(
             features=features.view(features.shape[0], k, -1).to(device, torch.float32),
-            positions=stacked(S.FLAT_POSITION_PREFIX).to(device, torch.int64),
-            context_ids=batch[S.CONTEXT_ID].to(device, torch.int64),
-            clicks=stacked(S.FLAT_CLICK_PREFIX).to(device, torch.float32),
-            impressions=batch[S.IMPRESSIONS].to(device, torch.float32),
+            positions=stacked(schema.POSITION_OF_ENTRY_PREFIX).to(device, torch.int64),
+            context_ids=batch[schema.CONTEXT_ID].to(device, torch.int64),
+            clicks=stacked(schema.CLICKS_OF_ENTRY_PREFIX).to(device, torch.float32),
+            impressions=batch[schema.IMPRESSIONS].to(device, torch.float32),
         )
 
 
@@ -65,11 +65,11 @@ def petastorm_columns(examples: DataFrame, max_slate_size: int) -> DataFrame:
     """
     k = max_slate_size
     return examples.select(
-        F.col(S.CONTEXT_ID),
-        F.col(S.IMPRESSIONS),
-        F.col(S.FEATURES),
-        *[F.col(S.POSITIONS)[i].alias(f"{S.FLAT_POSITION_PREFIX}{i}") for i in range(k)],
-        *[F.col(S.CLICKS)[i].alias(f"{S.FLAT_CLICK_PREFIX}{i}") for i in range(k)],
+        F.col(schema.CONTEXT_ID),
+        F.col(schema.IMPRESSIONS),
+        F.col(schema.FEATURES),
+        *[F.col(schema.POSITIONS)[i].alias(f"{schema.POSITION_OF_ENTRY_PREFIX}{i}") for i in range(k)],
+        *[F.col(schema.CLICKS)[i].alias(f"{schema.CLICKS_OF_ENTRY_PREFIX}{i}") for i in range(k)],
     )
 
 
@@ -81,7 +81,7 @@ def make_converter(
     Petastorm shards by Parquet row group, so unequal files give unequal shards, and with
     endless epochs a rank on a small shard repeats it and overfits. A round-robin repartition
     into a multiple of the world size gives every rank the same number of rows, and the row
-    group size gives every rank several row groups (see :mod:`ulr_spark.sizing`).
+    group size gives every rank several row groups (see :mod:`ulr_spark.io.sizing`).
     """
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 

@@ -15,7 +15,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from ulr_spark.config import SparkConfig
-from ulr_spark.sizing import session_settings
+from ulr_spark.io.sizing import session_settings
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"

@@ -10,7 +10,7 @@ learned examination curves to a plot.
 A claim "A beats B" is checked on paired differences: for each seed both models were trained
 and measured on the same simulated data, so the gap is the mean over seeds of (A - B) and the
 spread is the standard deviation over seeds of (A - B). The claim holds when the gap exceeds
-the spread (DESIGN section 5). Unpaired standard deviations would also count how hard each
+the spread (docs/design.md, "Metrics"). Unpaired standard deviations would also count how hard each
 seed's data is, which moves both models together.
 
 The report is rebuilt from the Delta tables alone (``--report-only``), so it can be redrawn
@@ -31,13 +31,14 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from ulr_spark import schema as S
-from ulr_spark.baselines import train_baselines
-from ulr_spark.config import CompareClaim, CompareScenario, Config, config_from_dict, load_config
-from ulr_spark.delta_io import Provenance, read_table, replace_rows, sql_string, table_exists
-from ulr_spark.evaluate import BIAS_ERROR
+from ulr_spark import schema
+from ulr_spark.config import Config, config_from_dict, load_config
+from ulr_spark.evaluation import BIAS_ERROR
+from ulr_spark.experiments.baselines import train_baselines
+from ulr_spark.experiments.settings import CompareClaim, CompareScenario, compare_settings
+from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_exists
 
-SCENARIO, SEED, COMPARE_ID = S.SCENARIO, S.SEED, S.COMPARE_ID
+SCENARIO, SEED, COMPARE_ID = schema.SCENARIO, schema.SEED, schema.COMPARE_ID
 
 
 def merge_settings(base: dict, settings: dict) -> dict:
@@ -78,10 +79,10 @@ def run_scenario(spark: SparkSession, compare_config: Config, scenario: CompareS
     config = scenario_config(compare_config, scenario, seed)
     for stage in ("simulate", "build-examples", "train", "score"):
         run_stage(config, spark, stage, run_id)
-    cc = compare_config.compare
+    cc = compare_settings(compare_config)
     if cc.baselines:
         train_baselines(config, spark, run_id, list(cc.baselines), cc.baseline_rounds, cc.baseline_max_rows)
-    metrics = run_stage(config, spark, "evaluate", run_id).select(S.MODEL, S.METRIC, S.VALUE).toPandas()
+    metrics = run_stage(config, spark, "evaluate", run_id).select(schema.MODEL, schema.METRIC, schema.VALUE).toPandas()
     metrics[SCENARIO] = scenario.name
     metrics[SEED] = seed
     return metrics
@@ -90,28 +91,28 @@ def run_scenario(spark: SparkSession, compare_config: Config, scenario: CompareS
 def read_curves(spark: SparkSession, compare_config: Config, compare_id: str) -> pd.DataFrame:
     """Learned (default context) and true curves of every scenario and seed of a comparison."""
     frames = []
-    for scenario in compare_config.compare.scenarios:
-        for seed in compare_config.compare.seeds:
+    for scenario in compare_settings(compare_config).scenarios:
+        for seed in compare_settings(compare_config).seeds:
             tables = scenario_config(compare_config, scenario, seed).tables
             run_id = scenario_run_id(compare_id, scenario.name, seed)
             if table_exists(spark, tables.path("bias_curves")):
                 learned = (
                     read_table(spark, tables.path("bias_curves"))
-                    .where((F.col(S.RUN_ID) == run_id) & (F.col(S.CONTEXT_KEY) == S.DEFAULT_CONTEXT_KEY))
-                    .select(S.MODEL, S.POSITION, S.EXAMINATION)
+                    .where((F.col(schema.RUN_ID) == run_id) & (F.col(schema.CONTEXT_KEY) == schema.DEFAULT_CONTEXT_KEY))
+                    .select(schema.MODEL, schema.POSITION, schema.EXAMINATION)
                     .toPandas()
                 )
                 frames.append(learned.assign(**{SCENARIO: scenario.name, SEED: seed}))
             if table_exists(spark, tables.path("truth_examination")):
-                truth = read_table(spark, tables.path("truth_examination")).select(S.POSITION, S.EXAMINATION).toPandas()
-                frames.append(truth.assign(**{S.MODEL: "truth", SCENARIO: scenario.name, SEED: seed}))
-    columns = [SCENARIO, SEED, S.MODEL, S.POSITION, S.EXAMINATION]
+                truth = read_table(spark, tables.path("truth_examination")).select(schema.POSITION, schema.EXAMINATION).toPandas()
+                frames.append(truth.assign(**{schema.MODEL: "truth", SCENARIO: scenario.name, SEED: seed}))
+    columns = [SCENARIO, SEED, schema.MODEL, schema.POSITION, schema.EXAMINATION]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count over seeds of every (scenario, model, metric)."""
-    grouped = metrics.groupby([SCENARIO, S.MODEL, S.METRIC])[S.VALUE]
+    grouped = metrics.groupby([SCENARIO, schema.MODEL, schema.METRIC])[schema.VALUE]
     return grouped.agg(["mean", "std", "count"]).reset_index().fillna({"std": 0.0})
 
 
@@ -127,8 +128,8 @@ def check_claims(metrics: pd.DataFrame, claims: list[CompareClaim]) -> list[Clai
     """Each claim on the paired per-seed differences (see the module docstring)."""
     results = []
     for claim in claims:
-        part = metrics[(metrics[SCENARIO] == claim.scenario) & (metrics[S.METRIC] == claim.metric)]
-        by_seed = part.pivot_table(index=SEED, columns=S.MODEL, values=S.VALUE)
+        part = metrics[(metrics[SCENARIO] == claim.scenario) & (metrics[schema.METRIC] == claim.metric)]
+        by_seed = part.pivot_table(index=SEED, columns=schema.MODEL, values=schema.VALUE)
         if claim.model not in by_seed or claim.beats not in by_seed:
             results.append(ClaimResult(claim, float("nan"), float("nan"), False))
             continue
@@ -177,15 +178,15 @@ def markdown_report(
             "difference over seeds. A claim holds when the gap exceeds the spread.",
             "",
         ]
-    metrics = sorted(summary[S.METRIC].unique(), key=_metric_order)
+    metrics = sorted(summary[schema.METRIC].unique(), key=_metric_order)
     for scenario in summary[SCENARIO].unique():
         part = summary[summary[SCENARIO] == scenario]
         lines += [f"## {scenario}", "", "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-        ndcg10 = part[part[S.METRIC] == "ndcg@10"].set_index(S.MODEL)["mean"]
-        for model in sorted(part[S.MODEL].unique(), key=lambda m: -ndcg10.get(m, -1)):
+        ndcg10 = part[part[schema.METRIC] == "ndcg@10"].set_index(schema.MODEL)["mean"]
+        for model in sorted(part[schema.MODEL].unique(), key=lambda m: -ndcg10.get(m, -1)):
             cells = []
             for metric in metrics:
-                row = part[(part[S.MODEL] == model) & (part[S.METRIC] == metric)]
+                row = part[(part[schema.MODEL] == model) & (part[schema.METRIC] == metric)]
                 cells.append("-" if row.empty else f"{row['mean'].iloc[0]:.4f} ± {row['std'].iloc[0]:.4f}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -203,20 +204,20 @@ def plot_curves(curves: pd.DataFrame, path: str) -> None:
 
     scenarios = list(dict.fromkeys(curves[SCENARIO]))
     fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 3.8), squeeze=False)
-    mean = curves.groupby([SCENARIO, S.MODEL, S.POSITION])[S.EXAMINATION].mean().reset_index()
+    mean = curves.groupby([SCENARIO, schema.MODEL, schema.POSITION])[schema.EXAMINATION].mean().reset_index()
     # One colour per model across all panels.
-    learned_models = sorted(m for m in mean[S.MODEL].unique() if m != "truth")
+    learned_models = sorted(m for m in mean[schema.MODEL].unique() if m != "truth")
     palette = plt.get_cmap("tab10")
     colours = {m: palette(i % 10) for i, m in enumerate(learned_models)}
     for ax, scenario in zip(axes[0], scenarios):
         part = mean[mean[SCENARIO] == scenario]
-        for model in sorted(part[S.MODEL].unique(), key=lambda m: (m != "truth", m)):
-            line = part[part[S.MODEL] == model].sort_values(S.POSITION)
+        for model in sorted(part[schema.MODEL].unique(), key=lambda m: (m != "truth", m)):
+            line = part[part[schema.MODEL] == model].sort_values(schema.POSITION)
             if model == "truth":
                 style = {"color": "black", "linewidth": 2.5}
             else:
                 style = {"color": colours[model], "linewidth": 1.2, "marker": "."}
-            ax.plot(line[S.POSITION], line[S.EXAMINATION], label=model, **style)
+            ax.plot(line[schema.POSITION], line[schema.EXAMINATION], label=model, **style)
         ax.set_title(scenario)
         ax.set_xlabel("slot")
         ax.set_ylabel("examination / slot 1")
@@ -232,9 +233,9 @@ def write_report(
     config: Config, spark: SparkSession, compare_id: str, command: str, seconds: Optional[float] = None
 ) -> pd.DataFrame:
     """The report and the plot of a comparison, from its Delta tables; returns the summary."""
-    cc = config.compare
+    cc = compare_settings(config)
     table = read_table(spark, comparison_table(config)).where(F.col(COMPARE_ID) == compare_id)
-    metrics = table.select(SCENARIO, SEED, S.MODEL, S.METRIC, S.VALUE).toPandas()
+    metrics = table.select(SCENARIO, SEED, schema.MODEL, schema.METRIC, schema.VALUE).toPandas()
     if metrics.empty:
         raise ValueError(f"compare: no results for compare id {compare_id!r} in {comparison_table(config)}")
     summary = summarise(metrics)
@@ -259,7 +260,7 @@ def comparison_table(config: Config) -> str:
 
 def compare(config: Config, spark: SparkSession, compare_id: str, command: str) -> pd.DataFrame:
     """Run the comparison, write the table, the report and the plot; returns the summary."""
-    cc = config.compare
+    cc = compare_settings(config)
     if not cc.scenarios:
         raise ValueError("compare: compare.scenarios is empty; see conf/compare.yaml")
     started = time.time()
@@ -271,9 +272,9 @@ def compare(config: Config, spark: SparkSession, compare_id: str, command: str) 
             runs.append(run_scenario(spark, config, scenario, seed, scenario_run_id(compare_id, scenario.name, seed)))
             print(f"== compare: scenario {scenario.name}, seed {seed} done in {time.time() - begun:.0f}s", flush=True)
     metrics = pd.concat(runs, ignore_index=True)
-    table = spark.createDataFrame(metrics[[SCENARIO, SEED, S.MODEL, S.METRIC, S.VALUE]]).select(
-        F.lit(compare_id).alias(COMPARE_ID), SCENARIO, F.col(SEED).cast("int"), S.MODEL, S.METRIC,
-        F.col(S.VALUE).cast("double"), F.current_timestamp().alias(S.EVALUATED_AT),
+    table = spark.createDataFrame(metrics[[SCENARIO, SEED, schema.MODEL, schema.METRIC, schema.VALUE]]).select(
+        F.lit(compare_id).alias(COMPARE_ID), SCENARIO, F.col(SEED).cast("int"), schema.MODEL, schema.METRIC,
+        F.col(schema.VALUE).cast("double"), F.current_timestamp().alias(schema.EVALUATED_AT),
     )
     replace_rows(
         table.coalesce(1), comparison_table(config), "comparison", Provenance.of(config, compare_id, "compare"),

@@ -1,0 +1,199 @@
+"""The production sections of the config: Spark, tables, log columns, examples, training,
+scoring, evaluation and tracking. Each is a strict pydantic model (:class:`Section`); a
+rule that spans keys is a validator that names the key it is about."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, model_validator
+
+from ulr_spark.config.rules import Section, mapping_as_text, require
+from ulr_spark.models.options import ARCHITECTURES, ModelOptions
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class SparkConfig(Section):
+    master: str = "local[2]"
+    app_name: str = "ulr-spark"
+    shuffle_partitions: PositiveInt = 8
+    driver_memory: str = "4g"
+    # Extra Spark settings, passed through verbatim (e.g. spark.executor.memory).
+    conf: Annotated[dict[str, str], BeforeValidator(mapping_as_text)] = Field(default_factory=dict)
+
+
+class TablesConfig(Section):
+    """Where each table lives. Relative paths resolve against ``root``."""
+
+    root: str = "ulr-data"
+    impressions: str = "impressions"
+    truth_labels: str = "truth/labels"
+    truth_examination: str = "truth/examination"
+    candidates: str = "candidates"
+    examples: str = "examples"
+    bias_curves: str = "bias_curves"
+    scores: str = "scores"
+    scores_latest: str = "scores_latest"
+    metrics: str = "metrics"
+    comparison: str = "comparison"
+    models: str = "models"
+    petastorm_cache: str = "petastorm_cache"
+
+    def path(self, name: str) -> str:
+        """The absolute path or URL of table ``name`` (a field of this section)."""
+        value: str = getattr(self, name)
+        if os.path.isabs(value) or "://" in value:
+            return value
+        root = self.root if (os.path.isabs(self.root) or "://" in self.root) else os.path.abspath(self.root)
+        return os.path.join(root, value)
+
+
+class LogColumns(Section):
+    """Names of the impression-log columns (docs/design.md, "The impression log")."""
+
+    request_id: str = "request_id"
+    query_id: str = "query_id"
+    item_id: str = "item_id"
+    position: str = "position"
+    clicked: str = "clicked"
+    # One array<float|double> column holding the relevance features of the shown item.
+    features: str = "features"
+    # Low-cardinality columns describing the page (device, layout, ...), inputs of the bias tower.
+    context: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> LogColumns:
+        names = [self.request_id, self.query_id, self.item_id, self.position, self.clicked, self.features]
+        names += list(self.context)
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        require(not repeated, "", f"column names must be distinct, repeated: {repeated}")
+        return self
+
+
+class ExamplesConfig(Section):
+    max_slate_size: PositiveInt = 10  # slots beyond this are not used (top-k shown)
+    partitions: PositiveInt = 8  # files of the examples table; at least the number of training processes
+    # Page layout: 0 for a list; n > 0 for a grid n columns wide whose positions run in
+    # row-major reading order (position p is row (p-1)//n + 1, column (p-1)%n + 1).
+    grid_columns: Annotated[int, Field(ge=0)] = 0
+    # Merge requests that showed the same slate into one weighted row (docs/design.md,
+    # "Examples"). The likelihood is unchanged for every model except mixem, whose E-step is
+    # per list: turn it off for an exact mixem, at the price of one row per request.
+    merge_identical_slates: bool = True
+
+
+_MODEL_OPTIONS = TypeAdapter(ModelOptions)
+
+
+class ModelVariant(Section):
+    """A named model: an architecture with some options changed, e.g.
+    ``{name: additive_dropout, model: additive, options: {bias_dropout: 0.3}}``."""
+
+    name: Annotated[str, Field(min_length=1)]
+    model: Literal[ARCHITECTURES]  # type: ignore[valid-type]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options_are_model_options(self) -> ModelVariant:
+        try:
+            _MODEL_OPTIONS.validate_python(self.options)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(["options", *(str(part) for part in first["loc"])])
+            rule = first["msg"].removeprefix("Value error, ")
+            if first["type"] == "unexpected_keyword_argument":
+                rule = f"is not a model option; known: {sorted(f.name for f in dataclasses.fields(ModelOptions))}"
+            require(False, key, rule)
+        return self
+
+
+class TrainConfig(Section):
+    models: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["naive", "additive"])
+    model_options: ModelOptions = Field(default_factory=ModelOptions)
+    variants: list[ModelVariant] = Field(default_factory=list)
+    num_processes: PositiveInt = 2
+    use_gpu: bool = False
+    epochs: PositiveInt = 15
+    batch_size: PositiveInt = 256  # slates per process and step
+    learning_rate: Annotated[float, Field(gt=0)] = 0.003
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 32])
+    seed: int = 0
+    # Slates drawn from the examples to estimate the learned examination curve.
+    bias_curve_sample: PositiveInt = 20_000
+
+    @model_validator(mode="after")
+    def _models_are_known(self) -> TrainConfig:
+        variant_names = [v.name for v in self.variants]
+        require(len(set(variant_names)) == len(variant_names), "variants", "names must be distinct")
+        for name in variant_names:
+            require(name not in ARCHITECTURES, "variants", f"{name!r} is an architecture; pick another name")
+        known = list(ARCHITECTURES) + variant_names
+        for name in self.models:
+            require(name in known, "models", f"unknown model {name!r}; known: {known}")
+        require(len(set(self.models)) == len(self.models), "models", "must not repeat a model")
+        return self
+
+    def variant(self, name: str) -> tuple[str, ModelOptions]:
+        """(architecture, options) of a configured model name: a variant's options override
+        ``model_options``."""
+        for v in self.variants:
+            if v.name == name:
+                merged = {**_MODEL_OPTIONS.dump_python(self.model_options), **v.options}
+                return v.model, _MODEL_OPTIONS.validate_python(merged)
+        return name, self.model_options
+
+
+class ScoreConfig(Section):
+    # Table of (query_id, item_id, features) to score; "candidates" (written by simulate) or
+    # "impressions" (the distinct pairs of the log).
+    source: Literal["candidates", "impressions"] = "candidates"
+    batch_size: PositiveInt = 4096
+
+
+class EvaluateConfig(Section):
+    ndcg_at: Annotated[list[PositiveInt], Field(min_length=1)] = Field(default_factory=lambda: [1, 3, 5, 10])
+    # Which queries NDCG is measured on: "heldout" (never in the log) or "all".
+    queries: Literal["heldout", "all"] = "heldout"
+    # Slots whose examination error is averaged (slot 1 is the reference, error 0 by definition).
+    bias_error_slots: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [2, 3, 4, 5, 6, 7, 8, 9, 10])
+
+
+class TrackingConfig(Section):
+    """Optional MLflow tracking of params, metrics and model artifacts (off by default)."""
+
+    mlflow: bool = False
+    # Empty: MLflow's own choice (MLFLOW_TRACKING_URI, or the workspace on Databricks).
+    tracking_uri: str = ""
+    experiment: str = "ulr-spark"
+    log_models: bool = True
+
+    @model_validator(mode="after")
+    def _mlflow_is_installed(self) -> TrackingConfig:
+        if self.mlflow:
+            import importlib.util
+
+            require(
+                importlib.util.find_spec("mlflow") is not None,
+                "mlflow",
+                "is true but mlflow is not installed (pip install mlflow-skinny, or set it to false)",
+            )
+            require(bool(self.experiment), "experiment", "must name an experiment")
+        return self
+
+
+__all__ = [
+    "EvaluateConfig",
+    "ExamplesConfig",
+    "LogColumns",
+    "ModelOptions",
+    "ModelVariant",
+    "ScoreConfig",
+    "SparkConfig",
+    "TablesConfig",
+    "TrackingConfig",
+    "TrainConfig",
+]

@@ -1,0 +1,145 @@
+"""The base click model and the base two-tower model.
+
+Shapes: ``features`` is [B, K, D] (K slots of a slate, D relevance features), ``positions``
+[B, K] (1-based slots in reading order, 0 = padding) and ``context_ids`` [B]. Every model
+returns click logits [B, K]; only :meth:`ClickModel.relevance` is used at serving time.
+
+Training goes through :meth:`ClickModel.loss`, so a model with its own objective (MixEM's EM
+loss, the adversary of gradient reversal) keeps it next to its equation.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+import torch
+from torch import nn
+
+from ulr_spark.models.losses import summed_click_nll
+from ulr_spark.models.spec import ModelSpec
+from ulr_spark.models.towers import RelevanceTower, reverse_gradient
+
+if TYPE_CHECKING:
+    from ulr_spark.models.curves import PageSample
+
+
+class ClickModel(nn.Module):
+    """A relevance tower and a way to turn a slate into click logits."""
+
+    has_bias_tower = False
+    vector_relevance = False  # the relevance tower outputs a vector, even of size 1
+    # The bias of a slot reads the other items of the page (XPA): the examination curve is
+    # then read page by page (ulr_spark.models.curves).
+    bias_reads_page = False
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.relevance_tower = RelevanceTower(
+            spec.num_features, spec.hidden_sizes, self.relevance_outputs(), vector=self.vector_relevance
+        )
+
+    def relevance_outputs(self) -> int:
+        return 1
+
+    def relevance(self, features: torch.Tensor) -> torch.Tensor:
+        """The debiased relevance score used for serving: [..., D] -> [...], one value per item."""
+        out: torch.Tensor = self.relevance_tower(features)
+        return out
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(
+        self,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        context_ids: torch.Tensor,
+        clicks: torch.Tensor,
+        impressions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed negative log-likelihood of the batch, slot impressions it stands for)."""
+        return summed_click_nll(self(features, positions, context_ids), clicks, impressions, positions)
+
+    def examination_curve(self, pages: PageSample, context_id: int, reference_context_id: int = 0) -> torch.Tensor:
+        """Examination of slots 1..K in one context, relative to slot 1 of the reference
+        context; see :func:`ulr_spark.models.curves.examination_curve`."""
+        from ulr_spark.models.curves import examination_curve
+
+        return examination_curve(self, pages, context_id, reference_context_id)
+
+
+class NaiveModel(ClickModel):
+    """P(click) = sigma(r(x)). The baseline: whatever position did to clicks ends up in r."""
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+        return self.relevance(features)
+
+
+class TwoTowerModel(ClickModel):
+    """A relevance tower r and a bias tower o combined by :meth:`combine`.
+
+    Two options against confounding (Zhang et al., "Towards disentangling relevance and bias
+    in unbiased learning to rank", KDD 2023), on every two-tower model:
+
+    - ``bias_dropout``: dropout on the bias tower's output while training, so the relevance
+      tower must explain clicks without it part of the time.
+    - ``gradient_reversal`` (lambda): an adversary reads the relevance output and predicts the
+      item's bias output (a detached target); its gradient into the relevance tower is
+      multiplied by -lambda, which pushes position information out of the relevance score.
+    """
+
+    has_bias_tower = True
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        self.bias_dropout = nn.Dropout(spec.bias_dropout) if spec.bias_dropout > 0 else nn.Identity()
+        self.adversary: Optional[nn.Module] = None
+        if spec.gradient_reversal > 0:
+            self.adversary = nn.Linear(self.relevance_outputs(), self.bias_outputs())
+
+    def bias_outputs(self) -> int:
+        return 1
+
+    def towers(
+        self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(relevance output, bias output) for every slot."""
+        raise NotImplementedError
+
+    def combine(self, relevance: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Click logits from the two towers' outputs."""
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+        relevance, bias = self.towers(features, positions, context_ids)
+        return self.combine(relevance, self.bias_dropout(bias))
+
+    def loss(
+        self,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        context_ids: torch.Tensor,
+        clicks: torch.Tensor,
+        impressions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        relevance, bias = self.towers(features, positions, context_ids)
+        logits = self.combine(relevance, self.bias_dropout(bias))
+        loss, weight = summed_click_nll(logits, clicks, impressions, positions)
+        if self.adversary is not None:
+            loss = loss + self.adversary_loss(relevance, bias, impressions, positions)
+        return loss, weight
+
+    def adversary_loss(
+        self, relevance: torch.Tensor, bias: torch.Tensor, impressions: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Impression-weighted squared error of the adversary's guess of the bias output."""
+        assert self.adversary is not None
+
+        def per_item(t: torch.Tensor) -> torch.Tensor:
+            return t.unsqueeze(-1) if t.dim() == positions.dim() else t
+
+        guess = self.adversary(per_item(reverse_gradient(relevance, self.spec.gradient_reversal)))
+        error = (guess - per_item(bias.detach())).pow(2).sum(-1)
+        weight = impressions.unsqueeze(-1) * (positions > 0)
+        return (error * weight).sum()

@@ -1,0 +1,101 @@
+"""MixEM: a mixture of two-tower components fitted by expectation-maximisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ulr_spark.models.base import TwoTowerModel
+from ulr_spark.models.losses import per_row_click_nll, slot_impressions
+from ulr_spark.models.spec import ModelSpec
+from ulr_spark.models.towers import PositionBiasTower
+
+
+class MixEMTwoTower(TwoTowerModel):
+    """A mixture of M two-tower components fitted by EM (Yan et al., "Revisiting two-tower
+    models for unbiased learning to rank", SIGIR 2022).
+
+    Component m: P_m(click) = sigma(a_m * r(x) + o_m(p, c)), with one shared relevance tower r,
+    a bias tower o_m per component and a relevance gain a_m = softplus(g_m) >= 0. A list
+    (a request) comes from component m with prior pi_m = softmax(w)_m:
+    P(clicks of the list) = sum_m pi_m prod_i P_m(c_i | slot i).
+
+    The shared relevance tower gives one serving score r(x); the per-component gain lets a
+    component ignore relevance (people who click the top slot whatever it shows), which a
+    component with only its own bias tower could not express.
+
+    EM, run on each batch: the E-step computes each list's posterior over components from its
+    log-likelihood under each component (no gradient through it); the M-step minimises the
+    posterior-weighted negative log-likelihood, priors included. A merged row of n identical
+    slates is treated as n lists that share one posterior, computed from their mean
+    log-likelihood: exact when the merged requests clicked alike, an approximation otherwise.
+    With ``mixem_skip_unclicked`` lists without a click get zero weight, as in TF-Ranking.
+
+    Forward (for reading curves and for anything that needs one click probability) returns
+    the logit of the marginal sum_m pi_m P_m(click).
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        m = spec.mixem_components
+        self.bias_tower = PositionBiasTower(spec.max_slate_size, spec.num_contexts, outputs=m, vector=True)
+        # Components must start apart or EM keeps them identical.
+        with torch.no_grad():
+            self.bias_tower.table.weight.copy_(torch.linspace(-1.0, 1.0, m).expand_as(self.bias_tower.table.weight))
+        self.gain_logits = nn.Parameter(torch.full((m,), math.log(math.e - 1.0)))  # softplus -> 1
+        self.prior_logits = nn.Parameter(torch.zeros(m))
+
+    def bias_outputs(self) -> int:
+        return self.spec.mixem_components
+
+    def towers(
+        self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.relevance(features), self.bias_tower(positions, context_ids)
+
+    def combine(self, relevance: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Per-component logits [B, K, M]."""
+        return F.softplus(self.gain_logits) * relevance.unsqueeze(-1) + bias
+
+    def forward(self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
+        relevance, bias = self.towers(features, positions, context_ids)
+        component_logits = self.combine(relevance, bias)
+        log_prior = F.log_softmax(self.prior_logits, -1)
+        log_p = torch.logsumexp(log_prior + F.logsigmoid(component_logits), -1)
+        log_not_p = torch.logsumexp(log_prior + F.logsigmoid(-component_logits), -1)
+        return log_p - log_not_p
+
+    def component_nll(
+        self, component_logits: torch.Tensor, clicks: torch.Tensor, impressions: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Negative log-likelihood of each row under each component, [B, M]."""
+        m = component_logits.shape[-1]
+        per_component = [
+            per_row_click_nll(component_logits[..., j], clicks, impressions, positions) for j in range(m)
+        ]
+        return torch.stack(per_component, -1)
+
+    def loss(
+        self,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        context_ids: torch.Tensor,
+        clicks: torch.Tensor,
+        impressions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        relevance, bias = self.towers(features, positions, context_ids)
+        component_logits = self.combine(relevance, self.bias_dropout(bias))
+        nll = self.component_nll(component_logits, clicks, impressions, positions)  # [B, M]
+        log_prior = F.log_softmax(self.prior_logits, -1)
+        n = impressions.clamp(min=1).unsqueeze(-1)
+        with torch.no_grad():  # E-step on one (mean) list per row
+            posterior = torch.softmax(log_prior - nll / n, -1)
+            if self.spec.mixem_skip_unclicked:
+                posterior = posterior * (clicks.sum(-1, keepdim=True) > 0)
+        loss = (posterior * (nll - n * log_prior)).sum()
+        if self.adversary is not None:
+            loss = loss + self.adversary_loss(relevance, bias, impressions, positions)
+        return loss, slot_impressions(impressions, positions)

@@ -1,0 +1,39 @@
+"""What a trained model is: its architecture, input shapes and options."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ulr_spark.models.options import ModelOptions
+
+
+@dataclass(frozen=True)
+class ModelSpec(ModelOptions):
+    """Everything needed to rebuild a model from its weights.
+
+    ``name`` is what the model is called in tables (a configured variant may be called
+    ``additive_dropout``); ``architecture`` is the class that implements it (the registry key
+    in :mod:`ulr_spark.models.registry`). The options of :class:`ModelOptions` follow as
+    keyword arguments.
+    """
+
+    name: str
+    num_features: int
+    max_slate_size: int
+    num_contexts: int
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
+    architecture: str = ""
+    grid_columns: int = 0  # 0: a list; n > 0: a grid n columns wide, positions in row-major order
+
+    def __post_init__(self) -> None:
+        if not self.architecture:
+            object.__setattr__(self, "architecture", self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ModelSpec:
+        known = {f.name for f in fields(ModelSpec)}
+        return ModelSpec(**{k: v for k, v in data.items() if k in known})

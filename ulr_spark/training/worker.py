@@ -1,0 +1,120 @@
+"""What runs in each training process: TorchDistributor starts them (through torchrun) and
+pickles :func:`train_worker` and its :class:`TrainJob` list to them. Nothing here touches
+Spark; each process reads its Petastorm shard, trains with DDP (gloo on CPU, nccl on GPU),
+and rank 0 saves the artifact.
+
+``TorchDistributor(local_mode=True)`` returns the value of an arbitrary rank, so the workers
+return nothing the driver relies on: the artifact path is decided before the job starts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ulr_spark.io.artifacts import save_artifact
+from ulr_spark.models.registry import TrainingObjective, build_model
+from ulr_spark.models.spec import ModelSpec
+from ulr_spark.training.loaders import SlateBatch, quiet_petastorm_warnings, shard_batches
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What every training process needs; pickled to the workers with the function."""
+
+    spec: ModelSpec
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    seed: int
+    use_gpu: bool
+    # CPU threads of each process: the driver knows the cores (local) or spark.task.cpus (cluster).
+    cpu_threads: int
+    artifact_path: str
+    card: dict
+
+
+def _device(use_gpu: bool) -> torch.device:
+    if use_gpu:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def train_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: SlateBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on the mean loss per slot impression; returns (summed loss, weight)."""
+    loss_sum, weight = objective(batch.features, batch.positions, batch.context_ids, batch.clicks, batch.impressions)
+    optimizer.zero_grad(set_to_none=True)
+    (loss_sum / weight.clamp(min=1.0)).backward()
+    optimizer.step()
+    return loss_sum.detach(), weight
+
+
+def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.device) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(job.seed)
+    model = build_model(job.spec).to(device)
+    objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
+    optimizer = torch.optim.Adam(objective.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
+    k = job.spec.max_slate_size
+
+    started = time.time()
+    history = []
+    with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed) as batches:
+        for epoch in range(job.epochs):
+            epoch_start = time.time()
+            loss_total = torch.zeros((), dtype=torch.float64, device=device)
+            weight_total = torch.zeros((), dtype=torch.float64, device=device)
+            slates = 0
+            objective.train()
+            for _ in range(job.steps_per_epoch):
+                batch: SlateBatch = next(batches)
+                loss_sum, weight = train_step(objective, optimizer, batch)
+                loss_total += loss_sum
+                weight_total += weight
+                slates += batch.positions.shape[0]
+            # One all-reduce per epoch for the log line, not one per step.
+            totals = torch.stack([loss_total, weight_total, torch.tensor(float(slates), dtype=torch.float64, device=device)])
+            dist.all_reduce(totals)
+            seconds = time.time() - epoch_start
+            mean_loss = (totals[0] / totals[1]).item()
+            history.append(mean_loss)
+            if rank == 0:
+                eta = (time.time() - started) / (epoch + 1) * (job.epochs - epoch - 1)
+                print(
+                    f"train[{job.spec.name}] epoch {epoch + 1}/{job.epochs} loss={mean_loss:.5f} "
+                    f"slates/s={totals[2].item() / max(seconds, 1e-9):,.0f} "
+                    f"({totals[2].item() / world / max(seconds, 1e-9):,.0f} per process) eta={eta:.0f}s",
+                    flush=True,
+                )
+    if rank == 0:
+        card = {**job.card, "loss_history": history, "world_size": world, "train_seconds": time.time() - started}
+        save_artifact(job.artifact_path, model, card)
+    dist.barrier()
+
+
+def train_worker(jobs: list[TrainJob], converter) -> None:
+    """Body of one DDP process (run by TorchDistributor through torchrun): trains the models
+    one after the other in one process group, so the start-up is paid once per run."""
+    import torch.distributed as dist
+
+    quiet_petastorm_warnings()
+    use_gpu = jobs[0].use_gpu
+    dist.init_process_group("nccl" if use_gpu else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = _device(use_gpu)
+    if use_gpu:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(jobs[0].cpu_threads)
+    try:
+        for job in jobs:
+            _train_one(job, converter, rank, world, device)
+    finally:
+        dist.destroy_process_group()
