@@ -117,3 +117,28 @@ def test_bad_model_settings_are_errors(train, key, rule):
 def test_bad_scenario_and_compare_settings_are_errors(data, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "options, key",
+    [
+        ({"bias_dropout": "0.3"}, "bias_dropout"),
+        ({"bias_dropout": True}, "bias_dropout"),
+        ({"mixem_skip_unclicked": "yes"}, "mixem_skip_unclicked"),
+        ({"mixem_skip_unclicked": 1}, "mixem_skip_unclicked"),
+        ({"dot_product_dim": 2.0}, "dot_product_dim"),
+    ],
+)
+def test_model_options_are_as_strict_as_every_other_key(options, key):
+    with pytest.raises(ConfigError, match=rf"'train.model_options.{key}': expected"):
+        config_from_dict({"train": {"model_options": options}})
+    with pytest.raises(ConfigError, match=rf"'train.variants\[0\].options.{key}': expected"):
+        config_from_dict({"train": {"variants": [{"name": "v", "model": "additive", "options": options}]}})
+
+
+def test_a_section_with_all_its_keys_commented_out_takes_the_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  # epochs: 3\n  model_options:\nsimulate:\n  logging_ranker:\n")
+    config = load_config(str(path))
+    assert config.train == config_from_dict({}).train
+    assert config.simulate.logging_ranker.noise == 1.0

@@ -61,3 +61,14 @@ def test_no_module_is_over_350_lines():
         if lines > 350:
             long[os.path.relpath(path, ROOT)] = lines
     assert long == {}
+
+
+def test_a_simulate_section_loads_only_its_settings_model():
+    """The loader validates a ``simulate:`` section with the simulator's settings model (and
+    only that): the simulator itself is not imported by reading a config."""
+    loaded = imported_modules(
+        "from ulr_spark.config import load_config\n"
+        "c = load_config('conf/demo.yaml')\n"
+        "assert c.simulate.num_requests == 100000"
+    )
+    assert [m for m in loaded if m.startswith(NOT_PRODUCTION)] == ["ulr_spark.simulation", "ulr_spark.simulation.settings"]

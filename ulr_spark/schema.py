@@ -19,7 +19,7 @@ CLICKS = "clicks"  # array<int>, clicks summed over the merged requests, per ent
 
 # Columns the trainer needs (strings stay behind in Spark).
 TRAINING_COLUMNS = (CONTEXT_ID, POSITIONS, FEATURES, IMPRESSIONS, CLICKS)
-# In Petastorm's cache, positions and clicks are spread over scalar columns p_0.., c_0..
+# In Petastorm's cache, positions and clicks are spread over scalar columns position_of_entry_0.., clicks_of_entry_0..
 POSITION_OF_ENTRY_PREFIX = "position_of_entry_"
 CLICKS_OF_ENTRY_PREFIX = "clicks_of_entry_"
 

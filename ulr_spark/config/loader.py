@@ -14,13 +14,13 @@ import hashlib
 import importlib
 import json
 import typing
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from ulr_spark.config.rules import Section, require
+from ulr_spark.config.rules import Section, require, rule_of
 from ulr_spark.config.sections import (
     EvaluateConfig,
     ExamplesConfig,
@@ -42,6 +42,21 @@ OWNED_SECTIONS = {
     "simulate": "ulr_spark.simulation.settings:SimulateConfig",
     "compare": "ulr_spark.experiments.settings:CompareConfig",
 }
+
+
+OwnedSection = TypeVar("OwnedSection", bound=BaseModel)
+
+
+def owned_settings(config: Config, section: str, model: type[OwnedSection]) -> OwnedSection:
+    """The validated ``section`` of ``config`` (one of OWNED_SECTIONS), or ``model``'s defaults
+    when the config has no such section; TypeError when the section was not validated (a config
+    built around the loader)."""
+    settings = getattr(config, section)
+    if settings is None:
+        return model()
+    if not isinstance(settings, model):
+        raise TypeError(f"config.{section} is a {type(settings).__name__}, not a validated {model.__name__}: build configs with load_config")
+    return settings
 
 
 def owned_section_model(section: str) -> type[BaseModel]:
@@ -88,20 +103,6 @@ class Config(Section):
 # Errors
 # ---------------------------------------------------------------------------------------------
 
-_TYPE_RULES = {
-    "int_type": "expected an integer",
-    "float_type": "expected a number",
-    "bool_type": "expected true or false",
-    "string_type": "expected a string",
-    "list_type": "expected a list",
-    "dict_type": "expected a mapping",
-    "model_type": "expected a mapping",
-    "dataclass_type": "expected a mapping",
-    "dataclass_args_type": "expected a mapping",
-}
-_BOUND_RULES = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<", "less_than_equal": "<="}
-
-
 def _key(parts: list[Any]) -> str:
     key = ""
     for part in parts:
@@ -136,19 +137,7 @@ def _message(error: ErrorDetails, prefix: list[Any], root: Any) -> str:
     ctx = error.get("ctx") or {}
     if kind == "ulr_rule":
         return f"config key '{_key(prefix + list(loc) + [ctx['key']])}': {ctx['rule']}"
-    if kind in _TYPE_RULES:
-        rule = f"{_TYPE_RULES[kind]}, got {error['input']!r}"
-    elif kind in _BOUND_RULES:
-        bound = next(iter(ctx.values()))
-        rule = f"must be {_BOUND_RULES[kind]} {bound}"
-    elif kind == "literal_error":
-        rule = f"must be one of [{str(ctx['expected']).replace(' or ', ', ')}], got {error['input']!r}"
-    elif kind == "too_short":
-        rule = f"needs at least {ctx.get('min_length')} value(s)"
-    elif kind == "missing":
-        rule = "is required"
-    else:
-        rule = error["msg"].removeprefix("Value error, ")
+    rule = rule_of(error)
     return f"config key '{_key(prefix + list(loc))}': {rule}"
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 
 class Section(BaseModel):
@@ -14,6 +14,12 @@ class Section(BaseModel):
     quoted "3" is not an integer, "yes" is not a boolean), and a loaded config is read-only."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_section(cls, data: Any) -> Any:
+        """A section whose keys are all commented out is read by YAML as null: the defaults."""
+        return {} if data is None else data
 
 
 class PositionalSection(Section):
@@ -45,3 +51,40 @@ def mapping_as_text(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): str(v) for k, v in value.items()}
     return value
+
+
+_TYPE_RULES = {
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "dataclass_type": "expected a mapping",
+    "dataclass_args_type": "expected a mapping",
+}
+_BOUND_RULES = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<", "less_than_equal": "<="}
+
+
+def rule_of(error: ErrorDetails) -> str:
+    """The rule a pydantic error says was broken, in the words of the config's other errors
+    (``must be >= 1``, ``expected an integer, got 'three'``), without the key."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "ulr_rule":
+        return str(ctx["rule"])
+    if kind in _TYPE_RULES:
+        return f"{_TYPE_RULES[kind]}, got {error['input']!r}"
+    if kind in _BOUND_RULES:
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUND_RULES[kind]} {bound:g}" if isinstance(bound, float) else f"must be {_BOUND_RULES[kind]} {bound}"
+    if kind == "literal_error":
+        return f"must be one of [{str(ctx['expected']).replace(' or ', ', ')}], got {error['input']!r}"
+    if kind in ("too_short", "string_too_short"):
+        if ctx.get("min_length") == 1:
+            return "is required" if kind == "string_too_short" else "needs at least one value"
+        return f"needs at least {ctx.get('min_length')} {'characters' if kind == 'string_too_short' else 'values'}"
+    if kind == "missing":
+        return "is required"
+    return error["msg"].removeprefix("Value error, ")

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, model_validator
 
-from ulr_spark.config.rules import Section, mapping_as_text, require
+from ulr_spark.config.rules import Section, mapping_as_text, require, rule_of
 from ulr_spark.models.options import ARCHITECTURES, ModelOptions
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -103,7 +103,7 @@ class ModelVariant(Section):
         except ValidationError as error:
             first = error.errors()[0]
             key = ".".join(["options", *(str(part) for part in first["loc"])])
-            rule = first["msg"].removeprefix("Value error, ")
+            rule = rule_of(first)
             if first["type"] == "unexpected_keyword_argument":
                 rule = f"is not a model option; known: {sorted(f.name for f in dataclasses.fields(ModelOptions))}"
             require(False, key, rule)
@@ -112,7 +112,8 @@ class ModelVariant(Section):
 
 class TrainConfig(Section):
     models: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["naive", "additive"])
-    model_options: ModelOptions = Field(default_factory=ModelOptions)
+    # A model_options: line with its keys commented out is null in YAML: the defaults.
+    model_options: Annotated[ModelOptions, BeforeValidator(lambda v: {} if v is None else v)] = Field(default_factory=ModelOptions)
     variants: list[ModelVariant] = Field(default_factory=list)
     num_processes: PositiveInt = 2
     use_gpu: bool = False
@@ -184,16 +185,3 @@ class TrackingConfig(Section):
             require(bool(self.experiment), "experiment", "must name an experiment")
         return self
 
-
-__all__ = [
-    "EvaluateConfig",
-    "ExamplesConfig",
-    "LogColumns",
-    "ModelOptions",
-    "ModelVariant",
-    "ScoreConfig",
-    "SparkConfig",
-    "TablesConfig",
-    "TrackingConfig",
-    "TrainConfig",
-]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, model_validator
 
+from ulr_spark.config.loader import owned_settings
 from ulr_spark.config.rules import PositionalSection, Section, require
 
 if TYPE_CHECKING:
@@ -59,5 +60,4 @@ class CompareConfig(Section):
 
 def compare_settings(config: Config) -> CompareConfig:
     """The config's ``compare:`` section, or the defaults when it has none."""
-    settings = config.compare
-    return settings if isinstance(settings, CompareConfig) else CompareConfig()
+    return owned_settings(config, "compare", CompareConfig)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from typing import Annotated, ClassVar
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, Strict
 
 from ulr_spark.constraints import interval
 
@@ -22,16 +22,18 @@ class ModelOptions:
 
     _: KW_ONLY
     # Dropout on the bias tower's output while training (against a confounded logging ranker).
-    bias_dropout: Annotated[float, interval(0, 1, high_open=True)] = 0.0
+    # Strict() on each field: as in every config section, "0.3" is not a number and "yes" is
+    # not a boolean (a dataclass cannot be strict as a whole and still take a mapping).
+    bias_dropout: Annotated[float, Strict(), interval(0, 1, high_open=True)] = 0.0
     # Lambda of the adversary's reversed gradient into the relevance tower; 0 turns it off.
-    gradient_reversal: Annotated[float, Field(ge=0)] = 0.0
+    gradient_reversal: Annotated[float, Strict(), Field(ge=0)] = 0.0
     # Width of the relevance and bias vectors of the dot-product model.
-    dot_product_dim: Annotated[int, Field(ge=1)] = 4
-    mixem_components: Annotated[int, Field(ge=1)] = 2
+    dot_product_dim: Annotated[int, Strict(), Field(ge=1)] = 4
+    mixem_components: Annotated[int, Strict(), Field(ge=1)] = 2
     # MixEM: lists without a click get zero weight in the M-step.
-    mixem_skip_unclicked: bool = False
+    mixem_skip_unclicked: Annotated[bool, Strict()] = False
     # Width of the XPA attention.
-    attention_dim: Annotated[int, Field(ge=1)] = 16
+    attention_dim: Annotated[int, Strict(), Field(ge=1)] = 16
 
 
 # The architectures a config may name; ulr_spark.models.registry maps each to its class.

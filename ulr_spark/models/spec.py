@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 from typing import Any
 
 from ulr_spark.models.options import ModelOptions
@@ -24,6 +24,7 @@ class ModelSpec(ModelOptions):
     num_contexts: int
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 32])
     architecture: str = ""
+    _: KW_ONLY
     grid_columns: int = 0  # 0: a list; n > 0: a grid n columns wide, positions in row-major order
 
     def __post_init__(self) -> None:

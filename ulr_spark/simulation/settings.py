@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from ulr_spark.config.loader import owned_settings
 from ulr_spark.config.rules import Section, date_as_text, require
 from ulr_spark.constraints import interval
 
@@ -109,5 +110,4 @@ class SimulateConfig(Section):
 
 def simulation_settings(config: Config) -> SimulateConfig:
     """The config's ``simulate:`` section, or the defaults when it has none."""
-    settings = config.simulate
-    return settings if isinstance(settings, SimulateConfig) else SimulateConfig()
+    return owned_settings(config, "simulate", SimulateConfig)
