@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, model_validator
 
-from ulr_spark.config.rules import Section, mapping_as_text, require, rule_of
+from ulr_spark.config.rules import Section, broken, mapping_as_text, require, rule_of
 from ulr_spark.models.options import ARCHITECTURES, ModelOptions
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -106,7 +106,7 @@ class ModelVariant(Section):
             rule = rule_of(first)
             if first["type"] == "unexpected_keyword_argument":
                 rule = f"is not a model option; known: {sorted(f.name for f in dataclasses.fields(ModelOptions))}"
-            require(False, key, rule)
+            raise broken(key, rule) from None
         return self
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from ulr_spark.config.loader import owned_settings
-from ulr_spark.config.rules import Section, date_as_text, require
+from ulr_spark.config.rules import Section, broken, date_as_text, require
 from ulr_spark.constraints import interval
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class SimulateConfig(Section):
         try:
             datetime.date.fromisoformat(self.start_date)
         except ValueError:
-            require(False, "start_date", "must be a date like 2026-01-01")
+            raise broken("start_date", "must be a date like 2026-01-01") from None
         return self
 
 
