@@ -1,8 +1,14 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# One version, kept in ulr_spark/__init__.py (model cards record it).
+VERSION = re.search(r'__version__ = "([^"]+)"', (Path(__file__).parent / "ulr_spark" / "__init__.py").read_text()).group(1)
 
 setup(
     name="ulr-spark",
-    version="0.1.0",
+    version=VERSION,
     description="Remove position bias from click logs with two-tower models on Spark, Petastorm and PyTorch.",
     packages=find_packages(include=["ulr_spark", "ulr_spark.*"]),
     python_requires=">=3.10,<3.13",

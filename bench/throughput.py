@@ -29,16 +29,16 @@ from ulr_spark.training.loaders import SlateBatch, make_converter, shard_batches
 from ulr_spark.training.worker import train_step
 
 
-def _timed_steps(model, batches, steps: int, warmup: int) -> float:
+def _timed_steps(model, batches, steps: int, warmup: int, normaliser: float) -> float:
     """Slates per second over ``steps`` steps after ``warmup`` steps."""
     objective = TrainingObjective(model)
     optimizer = torch.optim.Adam(objective.parameters(), lr=1e-3)
     for _ in range(warmup):
-        train_step(objective, optimizer, next(batches))
+        train_step(objective, optimizer, next(batches), normaliser)
     slates, started = 0, time.perf_counter()
     for _ in range(steps):
         batch = next(batches)
-        train_step(objective, optimizer, batch)
+        train_step(objective, optimizer, batch, normaliser)
         slates += batch.positions.shape[0]
     return slates / (time.perf_counter() - started)
 
@@ -78,16 +78,18 @@ def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: 
     spec = model_spec(config, tc.models[0], shape)
     cache = tables.path("petastorm_cache") + "_bench"
     layout = petastorm_layout(table_bytes(spark, tables.path("examples")), 1, 1)
-    converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size)
+    converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size, shape.heavy_row_cap)
+    # The trainer's constant: slot impressions per step (one process here).
+    normaliser = shape.slot_impressions / max(1, shape.rows // tc.batch_size)
     in_memory = _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed)
     petastorm_rates, memory_rates = [], []
     try:
         for _ in range(rounds):
             torch.manual_seed(tc.seed)
             with shard_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, torch.device("cpu"), tc.seed) as b:
-                petastorm_rates.append(_timed_steps(build_model(spec), b, steps, warmup))
+                petastorm_rates.append(_timed_steps(build_model(spec), b, steps, warmup, normaliser))
             torch.manual_seed(tc.seed)
-            memory_rates.append(_timed_steps(build_model(spec), in_memory, steps, warmup))
+            memory_rates.append(_timed_steps(build_model(spec), in_memory, steps, warmup, normaliser))
     finally:
         converter.delete()
         shutil.rmtree(cache, ignore_errors=True)

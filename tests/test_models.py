@@ -67,7 +67,7 @@ def test_examination_curve_of_additive_model_with_flat_relevance():
         return 1 / (1 + math.exp(-v))
 
     expected = [sigma(o) / sigma(0.0) for o in offsets[1:]]
-    assert torch.allclose(curve, torch.tensor(expected), atol=1e-6)
+    assert torch.allclose(curve, torch.tensor(expected, dtype=torch.float64), atol=1e-6)
 
 
 # --- the model family ----------------------------------------------------------------------

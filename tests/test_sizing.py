@@ -101,7 +101,7 @@ def test_petastorm_shards_of_the_training_processes_hold_equal_rows(spark, tmp_p
         F.array(*[F.lit(0) for _ in range(k)]).alias(schema.CLICKS),
     )
     data_bytes = rows * (4 * k * d + 40)
-    converter = make_converter(spark, examples, "file://" + str(tmp_path / "cache"), petastorm_layout(data_bytes, world, 2), k)
+    converter = make_converter(spark, examples, "file://" + str(tmp_path / "cache"), petastorm_layout(data_bytes, world, 2), k, 1)
     try:
         counts = []
         for rank in range(world):

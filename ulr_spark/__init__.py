@@ -6,3 +6,6 @@ Production: ``config``, ``io``, ``examples``, ``models``, ``training``, ``scorin
 and experiments, never imported by production code: ``simulation`` and ``experiments``.
 CONTRIBUTING.md says where new code goes.
 """
+
+# Recorded in every model card; setup.py reads the same value.
+__version__ = "0.1.0"

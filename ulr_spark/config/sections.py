@@ -117,8 +117,9 @@ class TrainConfig(Section):
     variants: list[ModelVariant] = Field(default_factory=list)
     num_processes: PositiveInt = 2
     use_gpu: bool = False
+    # Passes over the log's impressions (merged or not, an epoch is as many rows as impressions).
     epochs: PositiveInt = 15
-    batch_size: PositiveInt = 256  # slates per process and step
+    batch_size: PositiveInt = 256  # example rows per process and step
     learning_rate: Annotated[float, Field(gt=0)] = 0.003
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 32])

@@ -1,8 +1,13 @@
 """Versioned model artifacts: ``<models>/<run_id>/<model>/`` holds the weights and a JSON card
-with the model spec, the feature schema, the contexts and the config that produced it.
+with the model spec, the feature schema, the contexts and the config that produced it, and
+``<models>/<run_id>/run.json`` says that the run finished.
 
-An artifact is written to a temporary folder and renamed into place, so a crashed run never
-leaves a half-written artifact, and a rerun of the same run id replaces it whole.
+Training writes every model of a run into a staging folder; only when the whole stage has
+succeeded (every model trained, its curves written) does :func:`publish_run` add ``run.json``
+and rename the folder into place. So a failed or killed run is never read: scoring and
+evaluation only see runs with ``run.json``, and "the latest run" is the one that finished last
+(by the time recorded in ``run.json``, not by a folder's modification time). A rerun of the same
+run id replaces the run whole.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -22,6 +28,11 @@ from ulr_spark.models.spec import ModelSpec
 
 WEIGHTS = "model.pt"
 CARD = "model.json"
+RUN = "run.json"
+# Version of the artifact layout; a reader refuses a newer one instead of misreading it.
+ARTIFACT_FORMAT = 1
+# Run ids become folder names: letters, digits, '.', '_' and '-', starting with a letter or digit.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,62 @@ def new_run_id() -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it can be a folder name and a table value.
+
+    Raises:
+        ValueError: it is empty, too long, or holds a character other than letters, digits,
+            '.', '_' and '-' (a '/' or '..' would write outside the models folder).
+    """
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(
+            f"run id {run_id!r} is not valid: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (it becomes a folder name)"
+        )
+    return run_id
+
+
 def artifact_dir(models_root: str, run_id: str, model_name: str) -> str:
-    return os.path.join(models_root, run_id, model_name)
+    return os.path.join(models_root, check_run_id(run_id), model_name)
+
+
+def staging_run_dir(models_root: str, run_id: str) -> str:
+    """A fresh folder to train a run into before :func:`publish_run` puts it in place."""
+    return os.path.join(models_root, f".staging-{check_run_id(run_id)}-{uuid.uuid4().hex[:8]}")
+
+
+def publish_run(staging: str, models_root: str, run_id: str, record: dict) -> str:
+    """Mark a staged run finished (``run.json`` with ``record`` and the completion time) and
+    rename it to ``<models_root>/<run_id>``, replacing an earlier run of that id. Returns the
+    run's folder."""
+    final = os.path.join(models_root, check_run_id(run_id))
+    completed = {**record, "run_id": run_id, "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    with open(os.path.join(staging, RUN), "w") as handle:
+        json.dump(completed, handle, indent=2, sort_keys=True)
+    replaced = None
+    if os.path.exists(final):
+        replaced = os.path.join(models_root, f".replaced-{run_id}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, replaced)
+    os.replace(staging, final)
+    if replaced:
+        shutil.rmtree(replaced, ignore_errors=True)
+    return final
+
+
+def run_record(models_root: str, run_id: str) -> dict:
+    """The ``run.json`` of a finished run.
+
+    Raises:
+        FileNotFoundError: no run of that id, or the run did not finish.
+    """
+    path = os.path.join(models_root, check_run_id(run_id), RUN)
+    if not os.path.exists(path):
+        if os.path.isdir(os.path.dirname(path)):
+            raise FileNotFoundError(f"run {run_id!r} under {models_root} did not finish training (no {RUN}); retrain it")
+        raise FileNotFoundError(f"no trained models for run_id={run_id!r} under {models_root}")
+    with open(path) as handle:
+        record: dict = json.load(handle)
+    return record
 
 
 def save_artifact(path: str, model: ClickModel, card: dict) -> None:
@@ -53,16 +118,32 @@ def save_artifact(path: str, model: ClickModel, card: dict) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"spec": model.spec.to_dict(), "state_dict": state}, os.path.join(staging, WEIGHTS))
     with open(os.path.join(staging, CARD), "w") as handle:
-        json.dump({**card, "spec": model.spec.to_dict()}, handle, indent=2, sort_keys=True)
+        json.dump({**card, "spec": model.spec.to_dict(), "artifact_format": ARTIFACT_FORMAT}, handle, indent=2, sort_keys=True)
     if os.path.exists(path):
         shutil.rmtree(path)
     os.replace(staging, path)
 
 
 def read_artifact(path: str) -> Artifact:
+    """Read a model's card.
+
+    Raises:
+        ValueError: the artifact was written by a newer version of ulr-spark (a newer layout, or
+            spec keys this version does not know).
+    """
     with open(os.path.join(path, CARD)) as handle:
         card = json.load(handle)
-    return Artifact(path=path, spec=ModelSpec.from_dict(card["spec"]), card=card)
+    written = card.get("artifact_format", 1)
+    if not isinstance(written, int) or written > ARTIFACT_FORMAT:
+        raise ValueError(
+            f"the artifact {path} has format {written!r}, newer than this version of ulr-spark reads "
+            f"({ARTIFACT_FORMAT}); use the version that wrote it (ulr_spark_version {card.get('ulr_spark_version')!r}), or retrain"
+        )
+    try:
+        spec = ModelSpec.from_dict(card["spec"])
+    except ValueError as error:
+        raise ValueError(f"the artifact {path}: {error}") from None
+    return Artifact(path=path, spec=spec, card=card)
 
 
 def load_model(artifact: Artifact, device: torch.device | str = "cpu") -> ClickModel:
@@ -78,24 +159,32 @@ def weights_bytes(artifact: Artifact) -> bytes:
 
 
 def run_artifacts(models_root: str, run_id: str) -> list[Artifact]:
+    """The models of a finished run.
+
+    Raises:
+        FileNotFoundError: no such run, or it did not finish (no ``run.json``).
+        ValueError: the run id is not valid, or an artifact was written by a newer version.
+    """
+    record = run_record(models_root, run_id)
     run_dir = os.path.join(models_root, run_id)
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"no trained models for run_id={run_id!r} under {models_root}")
-    names = sorted(n for n in os.listdir(run_dir) if os.path.exists(os.path.join(run_dir, n, CARD)))
+    names = sorted(record.get("models") or (n for n in os.listdir(run_dir) if os.path.exists(os.path.join(run_dir, n, CARD))))
     if not names:
-        raise FileNotFoundError(f"run {run_id!r} has no complete model artifact under {run_dir}")
+        raise FileNotFoundError(f"run {run_id!r} has no model artifact under {run_dir}")
     return [read_artifact(os.path.join(run_dir, n)) for n in names]
 
 
 def latest_run_id(models_root: str) -> str:
-    runs = []
+    """The run that finished last (by the completion time in its ``run.json``); runs that did
+    not finish are never chosen."""
+    finished = []
     if os.path.isdir(models_root):
-        # Newest by modification time: run ids may be user-chosen and need not sort by time.
-        runs = sorted(
-            (os.path.getmtime(os.path.join(models_root, r)), r)
-            for r in os.listdir(models_root)
-            if not r.startswith(".") and os.path.isdir(os.path.join(models_root, r))
-        )
-    if not runs:
-        raise FileNotFoundError(f"no trained run under {models_root}; run `ulr-spark train` first")
-    return runs[-1][1]
+        for name in os.listdir(models_root):
+            if name.startswith(".") or not RUN_ID_PATTERN.fullmatch(name):
+                continue
+            path = os.path.join(models_root, name, RUN)
+            if os.path.exists(path):
+                with open(path) as handle:
+                    finished.append((json.load(handle).get("completed_at", ""), name))
+    if not finished:
+        raise FileNotFoundError(f"no finished training run under {models_root}; run `ulr-spark train` first")
+    return max(finished)[1]

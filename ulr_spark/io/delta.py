@@ -14,7 +14,6 @@ metadata-only commit with the same ``userMetadata``; the data commit never depen
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -56,8 +55,20 @@ class Provenance:
         return {PROPERTY_PREFIX + k: v for k, v in values.items()}
 
 
-def read_table(spark: SparkSession, path: str) -> DataFrame:
-    return spark.read.format("delta").load(path)
+def read_table(spark: SparkSession, path: str, version: Optional[int] = None) -> DataFrame:
+    """A Delta table, at its current version or at ``version`` (time travel), so that every
+    read of one stage sees the same snapshot."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+def table_version(spark: SparkSession, path: str) -> int:
+    """The table's current version (from its log)."""
+    from delta.tables import DeltaTable
+
+    return int(DeltaTable.forPath(spark, path).history(1).first()["version"])
 
 
 def run_rows(spark: SparkSession, path: str, run_id: str) -> DataFrame:
@@ -66,12 +77,11 @@ def run_rows(spark: SparkSession, path: str, run_id: str) -> DataFrame:
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` holds a Delta table, as Spark sees it. Delta is asked, never Python's
+    ``os``: on Databricks the two name the same place differently (``dbfs:/x`` vs ``/dbfs/x``)."""
     from delta.tables import DeltaTable
 
-    local = path[len("file:") :] if path.startswith("file:") else path
-    if "://" not in path and not os.path.exists(os.path.join(local, "_delta_log")):
-        return False
-    return DeltaTable.isDeltaTable(spark, path)
+    return bool(DeltaTable.isDeltaTable(spark, path))
 
 
 def with_column_comments(df: DataFrame) -> DataFrame:

@@ -75,17 +75,23 @@ def example_files(estimated_bytes: int, world_size: int, minimum: int) -> int:
     return math.ceil(wanted / world_size) * world_size
 
 
-def petastorm_layout(data_bytes: int, world_size: int, minimum_files: int) -> PetastormLayout:
+def petastorm_layout(data_bytes: int, world_size: int, minimum_files: int, rows: int | None = None) -> PetastormLayout:
     """Equal files of one row group each, at least ROW_GROUPS_PER_PROCESS per process.
 
     Petastorm hands out row groups to processes in turn. A file cut into one full row group
     and a small remainder would give one process every full group and the other every
     remainder, and with endless epochs the second loops over its few rows and overfits. So
     the number of files grows instead (each at most MAX_ROW_GROUP_BYTES), and the row-group
-    limit is set well above the file size, so each file is exactly one row group.
+    limit is set well above the file size, so each file is exactly one row group. Given the
+    number of ``rows``, the files are at most that many (rounded down to a multiple of the world
+    size), so that none is empty.
     """
     per_file_limit = math.ceil(data_bytes / MAX_ROW_GROUP_BYTES)
     files = example_files(0, world_size, max(minimum_files, per_file_limit, world_size * ROW_GROUPS_PER_PROCESS))
+    if rows is not None and rows >= world_size:
+        # Never more files than rows: an empty partition writes no file, and Petastorm needs at
+        # least one row group per process.
+        files = min(files, rows // world_size * world_size)
     row_group = max(MIN_ROW_GROUP_BYTES, 4 * math.ceil(data_bytes / files))
     return PetastormLayout(files=files, row_group_bytes=row_group)
 

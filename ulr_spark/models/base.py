@@ -61,6 +61,19 @@ class ClickModel(nn.Module):
         """(summed negative log-likelihood of the batch, slot impressions it stands for)."""
         return summed_click_nll(self(features, positions, context_ids), clicks, impressions, positions)
 
+    def placed_click_probability(self, pages: PageSample, context_id: int, slots: torch.Tensor) -> torch.Tensor:
+        """P(click) [N, J, S] of item j of page n placed in slot ``slots[s]`` (1-based) of
+        context ``context_id``: the counterfactual that examination curves are read from
+        (:mod:`ulr_spark.models.curves`). Here the bias depends on (slot, context) only, so each
+        item is moved alone; a model whose bias reads the page overrides this."""
+        real = pages.positions > 0
+        contexts = torch.full_like(pages.context_ids, context_id)
+        columns = []
+        for slot in slots.tolist():
+            placed = torch.where(real, slot, 0)
+            columns.append(torch.sigmoid(self(pages.features, placed, contexts)))
+        return torch.stack(columns, -1)
+
     def examination_curve(self, pages: PageSample, context_id: int, reference_context_id: int = 0) -> torch.Tensor:
         """Examination of slots 1..K in one context, relative to slot 1 of the reference
         context; see :func:`ulr_spark.models.curves.examination_curve`."""

@@ -36,5 +36,17 @@ class ModelSpec(ModelOptions):
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ModelSpec:
+        """Rebuild a spec from a model card.
+
+        Raises:
+            ValueError: the card holds a key this version does not know (an artifact written by
+                a newer version, whose model would be rebuilt wrongly without it).
+        """
         known = {f.name for f in fields(ModelSpec)}
-        return ModelSpec(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"the model spec holds key(s) {unknown} that this version of ulr-spark does not know: the artifact "
+                "was written by a newer version; score it with that version, or retrain"
+            )
+        return ModelSpec(**data)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ulr_spark.models.base import TwoTowerModel
+from ulr_spark.models.curves import PageSample
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.models.towers import PositionBiasTower
 
@@ -61,16 +62,31 @@ class CrossPositionalAttentionTower(nn.Module):
     def forward(
         self, features: torch.Tensor, item_relevance: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor
     ) -> torch.Tensor:
-        slots = self.slot_embeddings(positions) + self.context_embedding(context_ids).unsqueeze(1)
-        items = self.item_projection(torch.cat([features, item_relevance.detach().unsqueeze(-1)], -1)) + slots
-        q, k, v = self.query(slots), self.key(items), self.value(items)
-        scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])  # [B, K(i), K(j)]
-        n = positions.shape[1]
-        others = (positions > 0).unsqueeze(1) & ~torch.eye(n, dtype=torch.bool, device=positions.device)
+        return self.slot_bias(features, item_relevance, positions, context_ids, positions)
+
+    def slot_bias(
+        self,
+        features: torch.Tensor,
+        item_relevance: torch.Tensor,
+        positions: torch.Tensor,
+        context_ids: torch.Tensor,
+        query_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """The bias [B, Q] of slots ``query_positions`` [B, Q] (1-based) on each page, whether
+        or not an item fills them: each attends over the page's real items in other slots."""
+        context = self.context_embedding(context_ids).unsqueeze(1)
+        queries = self.slot_embeddings(query_positions) + context
+        items = self.item_projection(torch.cat([features, item_relevance.detach().unsqueeze(-1)], -1))
+        items = items + self.slot_embeddings(positions) + context
+        q, k, v = self.query(queries), self.key(items), self.value(items)
+        scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])  # [B, Q(i), K(j)]
+        # Slots are unique on a page, so "another slot" is "another item".
+        others = (positions > 0).unsqueeze(1) & (positions.unsqueeze(1) != query_positions.unsqueeze(-1))
         scores = scores.masked_fill(~others, float("-inf"))
         attention = torch.nan_to_num(torch.softmax(scores, -1))  # a lone item attends to nothing
-        context = attention @ v
-        out: torch.Tensor = self.base(positions, context_ids) + self.out(torch.cat([slots, context], -1)).squeeze(-1)
+        attended = attention @ v
+        offset = self.out(torch.cat([queries, attended], -1)).squeeze(-1)
+        out: torch.Tensor = self.base(query_positions, context_ids) + offset
         return out
 
 
@@ -93,3 +109,12 @@ class XPATwoTower(TwoTowerModel):
 
     def combine(self, relevance: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return relevance + bias
+
+    def placed_click_probability(self, pages: PageSample, context_id: int, slots: torch.Tensor) -> torch.Tensor:
+        """Item j of page n in slot s takes the bias slot s has on page n (attending over the
+        page's items in other slots), indexed by position, not by array entry."""
+        contexts = torch.full_like(pages.context_ids, context_id)
+        relevance = self.relevance(pages.features)  # [N, J]
+        queries = slots.to(pages.positions.device).expand(pages.positions.shape[0], -1)
+        bias = self.bias_tower.slot_bias(pages.features, relevance, pages.positions, contexts, queries)  # [N, S]
+        return torch.sigmoid(self.combine(relevance.unsqueeze(-1), bias.unsqueeze(1)))

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +20,10 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ulr_spark import schema
+from ulr_spark import __version__, schema
 from ulr_spark.config import Config
-from ulr_spark.io.artifacts import Artifact, artifact_dir, load_model, read_artifact
-from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string
+from ulr_spark.io.artifacts import Artifact, check_run_id, load_model, publish_run, read_artifact, staging_run_dir
+from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_version
 from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
 from ulr_spark.io.spark import describe_step
 from ulr_spark.models.curves import PageSample, examination_curve
@@ -31,6 +32,11 @@ from ulr_spark.models.spec import ModelSpec
 from ulr_spark.training.loaders import make_converter
 from ulr_spark.training.worker import TrainJob, train_worker
 
+# A training row carries at most this many times the mean row's impressions: heavier merged
+# rows are split into equal pieces before training (docs/design.md, "Training"), which adds at
+# most a quarter more rows and keeps one hot slate from dominating the step it lands in.
+HEAVY_ROW_FACTOR = 4
+
 
 @dataclass(frozen=True)
 class ExamplesShape:
@@ -38,23 +44,62 @@ class ExamplesShape:
     num_features: int
     max_slate_size: int
     contexts: dict[int, str]
+    impressions: int = 0  # requests, summed over the rows
+    slot_impressions: int = 0  # impressions x filled slots, summed over the rows
+    # Slots the log shows in each context: the only cells an examination curve is written for.
+    observed_slots: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def heavy_row_cap(self) -> int:
+        """Impressions one training row may carry (see HEAVY_ROW_FACTOR)."""
+        return max(1, math.ceil(HEAVY_ROW_FACTOR * self.impressions / max(self.rows, 1)))
 
 
 def describe_examples(examples: DataFrame) -> ExamplesShape:
+    """The shape of the examples (two aggregations over the table, which is much smaller than
+    the log).
+
+    Raises:
+        ValueError: the table is empty, or holds no click (nothing can be identified).
+    """
     stats = examples.agg(
         F.count(F.lit(1)).alias("rows"),
         F.max(F.size(schema.POSITIONS)).alias("k"),
         F.max(F.size(schema.FEATURES)).alias("kd"),
+        F.sum(schema.IMPRESSIONS).alias("impressions"),
+        F.sum(F.col(schema.IMPRESSIONS) * F.col(schema.SLATE_SIZE)).alias("slot_impressions"),
+        F.sum(F.aggregate(schema.CLICKS, F.lit(0).cast("long"), lambda acc, c: acc + c)).alias("clicks"),
     ).first()
     if not stats["rows"]:
         raise ValueError("train: the examples table is empty; run build-examples on a non-empty log first")
-    contexts = {r[schema.CONTEXT_ID]: r[schema.CONTEXT_KEY] for r in examples.select(schema.CONTEXT_ID, schema.CONTEXT_KEY).distinct().collect()}
+    if not stats["clicks"]:
+        raise ValueError("train: the examples hold no click; a log without clicks cannot identify relevance or bias")
+    cells = (
+        examples.select(schema.CONTEXT_ID, schema.CONTEXT_KEY, F.explode(schema.POSITIONS).alias("slot"))
+        .where(F.col("slot") > 0)
+        .distinct()
+        .collect()
+    )
+    observed: dict[int, list[int]] = {}
+    contexts: dict[int, str] = {}
+    for r in cells:
+        observed.setdefault(r[schema.CONTEXT_ID], []).append(int(r["slot"]))
+        contexts[r[schema.CONTEXT_ID]] = r[schema.CONTEXT_KEY]
     return ExamplesShape(
         rows=int(stats["rows"]),
         num_features=int(stats["kd"]) // int(stats["k"]),
         max_slate_size=int(stats["k"]),
         contexts=contexts,
+        impressions=int(stats["impressions"]),
+        slot_impressions=int(stats["slot_impressions"]),
+        observed_slots={c: sorted(slots) for c, slots in observed.items()},
     )
+
+
+def training_rows(examples: DataFrame, cap: int) -> int:
+    """Rows the trainer sees once heavy rows are split into pieces of at most ``cap``."""
+    pieces = F.greatest(F.lit(1), F.ceil(F.col(schema.IMPRESSIONS) / F.lit(cap)))
+    return int(examples.agg(F.sum(pieces).alias("n")).first()["n"])
 
 
 def runs_on_cluster(spark: SparkSession) -> bool:
@@ -80,40 +125,52 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
         f"on {spark.sparkContext.master}",
         flush=True,
     )
-    TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(
-        train_worker, jobs, converter
-    )
+    try:
+        TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(train_worker, jobs, converter)
+    except Exception as error:
+        raise RuntimeError(
+            f"train: the distributed training failed ({type(error).__name__}; the workers' own error is printed above); "
+            "nothing was published, the previous runs are unchanged"
+        ) from error
     for job in jobs:
         if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
-            raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}")
+            raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}; nothing was published")
 
 
-def learned_bias_curves(model_artifact: Artifact, pages: PageSample, run_id: str) -> pd.DataFrame:
-    """The examination curve of every context the model knows, as rows of the bias table."""
+def learned_bias_curves(model_artifact: Artifact, pages: PageSample, shape: ExamplesShape, run_id: str) -> pd.DataFrame:
+    """The examination curve of every context, as rows of the bias table: only the (context,
+    slot) cells the log shows, indexed by position (:mod:`ulr_spark.models.curves`)."""
     model = load_model(model_artifact)
     rows = []
-    for context_id, context_key in sorted(model_artifact.contexts.items()):
+    for context_id, slots in sorted(shape.observed_slots.items()):
         curve = examination_curve(model, pages, context_id).numpy()
-        for slot, value in enumerate(curve, start=1):
+        for slot in slots:
+            value = curve[slot - 1]
             if np.isfinite(value):
-                rows.append((model_artifact.spec.name, run_id, context_key, slot, float(value)))
+                rows.append((model_artifact.spec.name, run_id, shape.contexts[context_id], slot, float(value)))
     return pd.DataFrame(rows, columns=[schema.MODEL, schema.RUN_ID, schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION])
 
 
 def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> PageSample:
-    """A random sample of logged slates, to read the learned curves on."""
-    fraction = min(1.0, 1.2 * sample_slates / shape.rows)
+    """About ``sample_slates`` logged slates to read the learned curves on, drawn in proportion
+    to their impressions (a row of n impressions with probability min(1, n q)) and weighted by
+    n over that probability, so weighted sums estimate sums over every impression of the log."""
+    q = sample_slates / max(shape.impressions, 1)
+    chance = F.least(F.lit(1.0), F.col(schema.IMPRESSIONS) * F.lit(q))
     rows = (
-        examples.sample(fraction=fraction, seed=seed)
-        .limit(sample_slates)
-        .select(schema.POSITIONS, schema.FEATURES, schema.CONTEXT_ID)
+        examples.withColumn("chance", chance)
+        .where(F.rand(seed) < F.col("chance"))
+        .select(schema.POSITIONS, schema.FEATURES, schema.CONTEXT_ID, (F.col(schema.IMPRESSIONS) / F.col("chance")).alias("weight"))
         .toPandas()
     )
     k, d = shape.max_slate_size, shape.num_features
+    if rows.empty:
+        return PageSample(torch.zeros((0, k, d)), torch.zeros((0, k), dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0))
     return PageSample(
         features=torch.from_numpy(np.stack(rows[schema.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d)),
         positions=torch.from_numpy(np.stack(rows[schema.POSITIONS].to_numpy()).astype(np.int64)),
         context_ids=torch.from_numpy(rows[schema.CONTEXT_ID].to_numpy().astype(np.int64)),
+        weights=torch.from_numpy(rows["weight"].to_numpy().astype(np.float64)),
     )
 
 
@@ -133,15 +190,43 @@ def model_spec(config: Config, name: str, shape: ExamplesShape) -> ModelSpec:
 
 
 def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
-    """Train every configured model on the examples; returns the artifact paths."""
+    """Train every configured model on the examples; returns the artifact paths.
+
+    The examples are read at one pinned table version (recorded in each model card). The
+    models are trained into a staging folder and published (:func:`publish_run`) only when
+    every model is trained and its curves are written, so a failed run is never "the latest".
+
+    Raises:
+        ValueError: the examples are empty, hold no click, or have fewer training rows than
+            ``train.num_processes`` (each process needs at least one).
+        RuntimeError: the distributed training failed; nothing was published.
+    """
     tc, tables = config.train, config.tables
+    check_run_id(run_id)
     describe_step(spark, "read the shape of the examples")
-    examples = read_table(spark, tables.path("examples"))
+    examples_path = tables.path("examples")
+    version = table_version(spark, examples_path)
+    examples = read_table(spark, examples_path, version)
     shape = describe_examples(examples)
-    steps = max(1, math.ceil(shape.rows / (tc.batch_size * tc.num_processes)))
+    cap = shape.heavy_row_cap
+    rows = training_rows(examples, cap)
+    if rows < tc.num_processes:
+        raise ValueError(
+            f"train: the examples hold {rows} training row(s), fewer than train.num_processes={tc.num_processes}; every "
+            f"process needs at least one: set train.num_processes to at most {rows}, or build examples from a larger log"
+        )
+    # Training length is counted in impressions: an epoch is as many steps of batch_size rows
+    # per process as the log has impressions, merged or not, so merging identical slates
+    # changes the size of the data, not how far the model is trained.
+    steps = max(1, math.ceil(shape.impressions / (tc.batch_size * tc.num_processes)))
+    # The loss of a step is divided by one constant, the slot impressions a batch of uniformly
+    # drawn rows holds on average, so every impression weighs the same whatever batch it lands in.
+    normaliser = tc.batch_size * shape.slot_impressions / rows
     print(
-        f"train: {shape.rows} slates, {shape.num_features} features, {shape.max_slate_size} slots, "
-        f"{len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps x {tc.epochs} epochs"
+        f"train: examples version {version}: {shape.rows} slates ({rows} training rows, at most {cap} impressions each), "
+        f"{shape.impressions} impressions, {shape.num_features} features, {shape.max_slate_size} slots, "
+        f"{len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps of {tc.batch_size} rows x "
+        f"{tc.epochs} epochs (an epoch: as many rows as the log has impressions)"
     )
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
@@ -150,9 +235,8 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             f"train: WARNING tables.petastorm_cache is {cache_url}, a local path, on a cluster: every training "
             "process reads it, so it must be shared storage (dbfs:/, s3a://, abfss://, hdfs://) or a shared mount"
         )
-    layout = petastorm_layout(table_bytes(spark, tables.path("examples")), tc.num_processes, config.examples.partitions)
-    describe_step(spark, "cache the examples for Petastorm")
-    converter = make_converter(spark, examples, cache_url, layout, shape.max_slate_size)
+    layout = petastorm_layout(table_bytes(spark, examples_path), tc.num_processes, config.examples.partitions, rows)
+    staging = staging_run_dir(tables.path("models"), run_id)
     jobs = []
     for name in tc.models:
         card = {
@@ -163,8 +247,15 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             "contexts": {str(k): v for k, v in shape.contexts.items()},
             "config": config.to_dict(),
             "config_fingerprint": config.fingerprint(),
+            "examples_path": examples_path,
+            "examples_version": version,
             "examples_rows": shape.rows,
+            "training_rows": rows,
+            "impressions_per_epoch": shape.impressions,
+            "heavy_row_cap": cap,
+            "loss_normaliser": normaliser,
             "torch_version": torch.__version__,
+            "ulr_spark_version": __version__,
         }
         jobs.append(
             TrainJob(
@@ -177,27 +268,35 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 seed=tc.seed,
                 use_gpu=tc.use_gpu,
                 cpu_threads=cpu_threads_per_process(spark, tc.num_processes),
-                artifact_path=artifact_dir(tables.path("models"), run_id, name),
+                artifact_path=os.path.join(staging, name),
                 card=card,
+                loss_normaliser=normaliser,
             )
         )
     curves = []
     try:
-        pages = sample_pages(examples, shape, tc.bias_curve_sample, tc.seed)
-        describe_step(spark, f"train {', '.join(tc.models)} with TorchDistributor")
-        _run_distributed(spark, config, jobs, converter)
-        for job in jobs:
-            if MODEL_CLASSES[job.spec.architecture].has_bias_tower:
-                curves.append(learned_bias_curves(read_artifact(job.artifact_path), pages, run_id))
+        describe_step(spark, "cache the examples for Petastorm")
+        converter = make_converter(spark, examples, cache_url, layout, shape.max_slate_size, cap)
+        try:
+            pages = sample_pages(examples, shape, tc.bias_curve_sample, tc.seed)
+            describe_step(spark, f"train {', '.join(tc.models)} with TorchDistributor")
+            _run_distributed(spark, config, jobs, converter)
+            for job in jobs:
+                if MODEL_CLASSES[job.spec.architecture].has_bias_tower:
+                    curves.append(learned_bias_curves(read_artifact(job.artifact_path), pages, shape, run_id))
+        finally:
+            converter.delete()
+        if curves:
+            describe_step(spark, "write the learned bias curves")
+            bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(
+                schema.TRAINED_AT, F.current_timestamp()
+            )
+            replace_rows(
+                bias.coalesce(1), tables.path("bias_curves"), "bias_curves", Provenance.of(config, run_id, "train", tc.models),
+                f"{schema.RUN_ID} = {sql_string(run_id)}",
+            )
+        record = {"models": list(tc.models), "examples_path": examples_path, "examples_version": version}
+        final = publish_run(staging, tables.path("models"), run_id, record)
     finally:
-        converter.delete()
-    if curves:
-        describe_step(spark, "write the learned bias curves")
-        bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(
-            schema.TRAINED_AT, F.current_timestamp()
-        )
-        replace_rows(
-            bias.coalesce(1), tables.path("bias_curves"), "bias_curves", Provenance.of(config, run_id, "train", tc.models),
-            f"{schema.RUN_ID} = {sql_string(run_id)}",
-        )
-    return [job.artifact_path for job in jobs]
+        shutil.rmtree(staging, ignore_errors=True)
+    return [os.path.join(final, job.spec.name) for job in jobs]

@@ -33,7 +33,7 @@ class SlateBatch:
     features: torch.Tensor  # [B, K, D] float32
     positions: torch.Tensor  # [B, K] int64, 0 = padding
     context_ids: torch.Tensor  # [B] int64
-    clicks: torch.Tensor  # [B, K] float32
+    clicks: torch.Tensor  # [B, K] float32 (fractional on the pieces of a split heavy row)
     impressions: torch.Tensor  # [B] float32
 
     @staticmethod
@@ -54,9 +54,14 @@ class SlateBatch:
         )
 
 
-def petastorm_columns(examples: DataFrame, max_slate_size: int) -> DataFrame:
+def petastorm_columns(examples: DataFrame, max_slate_size: int, heavy_row_cap: int) -> DataFrame:
     """The training columns as Petastorm's cache holds them: ``features`` stays an array, and
     the short ``positions`` and ``clicks`` arrays are spread over scalar columns.
+
+    A row of n impressions above ``heavy_row_cap`` is split into m = ceil(n / cap) equal pieces
+    of n / m impressions and clicks / m clicks on each entry (fractional): every piece has the
+    row's click rate, so the pieces' log-likelihood sums to the row's (ulr_spark.models.losses),
+    and a hot slate is spread over several steps instead of dominating one.
 
     Petastorm 0.12 turns each array column into a matrix row by row in Python, a cost per row
     and column whatever the array's length, while scalar columns arrive as whole arrays; but
@@ -64,17 +69,27 @@ def petastorm_columns(examples: DataFrame, max_slate_size: int) -> DataFrame:
     (docs/scaling.md).
     """
     k = max_slate_size
-    return examples.select(
+    pieces = F.greatest(F.lit(1), F.ceil(F.col(schema.IMPRESSIONS) / F.lit(heavy_row_cap))).cast("int")
+    split = examples.select(
         F.col(schema.CONTEXT_ID),
         F.col(schema.IMPRESSIONS),
         F.col(schema.FEATURES),
+        F.col(schema.POSITIONS),
+        F.col(schema.CLICKS),
+        pieces.alias("pieces"),
+    ).withColumn("piece", F.explode(F.sequence(F.lit(1), F.col("pieces"))))
+    return split.select(
+        F.col(schema.CONTEXT_ID),
+        (F.col(schema.IMPRESSIONS) / F.col("pieces")).alias(schema.IMPRESSIONS),
+        F.col(schema.FEATURES),
         *[F.col(schema.POSITIONS)[i].alias(f"{schema.POSITION_OF_ENTRY_PREFIX}{i}") for i in range(k)],
-        *[F.col(schema.CLICKS)[i].alias(f"{schema.CLICKS_OF_ENTRY_PREFIX}{i}") for i in range(k)],
+        *[(F.col(schema.CLICKS)[i] / F.col("pieces")).alias(f"{schema.CLICKS_OF_ENTRY_PREFIX}{i}") for i in range(k)],
     )
 
 
 def make_converter(
-    spark: SparkSession, examples: DataFrame, cache_dir_url: str, layout: PetastormLayout, max_slate_size: int
+    spark: SparkSession, examples: DataFrame, cache_dir_url: str, layout: PetastormLayout, max_slate_size: int,
+    heavy_row_cap: int,
 ):
     """Materialise the training columns into Petastorm's cache and return the converter.
 
@@ -86,7 +101,7 @@ def make_converter(
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
 
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_dir_url)
-    columns = petastorm_columns(examples, max_slate_size)
+    columns = petastorm_columns(examples, max_slate_size, heavy_row_cap)
     return make_spark_converter(columns.repartition(layout.files), parquet_row_group_size_bytes=layout.row_group_bytes)
 
 

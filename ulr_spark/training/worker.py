@@ -9,6 +9,7 @@ return nothing the driver relies on: the artifact path is decided before the job
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class TrainJob:
     cpu_threads: int
     artifact_path: str
     card: dict
+    # The constant every step's summed loss is divided by: the slot impressions one process
+    # sees per step on average (the driver's count over the examples). A batch's own count
+    # would make a row's weight depend on what else landed in its batch.
+    loss_normaliser: float = 1.0
 
 
 def _device(use_gpu: bool) -> torch.device:
@@ -45,20 +50,31 @@ def _device(use_gpu: bool) -> torch.device:
     return torch.device("cpu")
 
 
-def train_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: SlateBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on the mean loss per slot impression; returns (summed loss, weight)."""
+def train_step(
+    objective: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: SlateBatch, normaliser: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on the batch's summed loss divided by ``normaliser``, the same
+    constant for every step and process (DDP then averages the processes' gradients), so the
+    objective of an epoch is the mean loss per slot impression of the whole log, each merged
+    row weighed by its impressions. Returns (summed loss, slot impressions of the batch)."""
     loss_sum, weight = objective(batch.features, batch.positions, batch.context_ids, batch.clicks, batch.impressions)
     optimizer.zero_grad(set_to_none=True)
-    (loss_sum / weight.clamp(min=1.0)).backward()
+    (loss_sum / normaliser).backward()
     optimizer.step()
     return loss_sum.detach(), weight
+
+
+def seed_process(seed: int, rank: int) -> None:
+    """Seed this process's random draws (dropout masks) apart from the other ranks'. The model's
+    initial weights need no common seed: DDP copies rank 0's to every process."""
+    torch.manual_seed(seed * 1_000_003 + rank)
 
 
 def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.device) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.manual_seed(job.seed)
+    seed_process(job.seed, rank)
     model = build_model(job.spec).to(device)
     objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
     optimizer = torch.optim.Adam(objective.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
@@ -75,7 +91,7 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
             objective.train()
             for _ in range(job.steps_per_epoch):
                 batch: SlateBatch = next(batches)
-                loss_sum, weight = train_step(objective, optimizer, batch)
+                loss_sum, weight = train_step(objective, optimizer, batch, job.loss_normaliser)
                 loss_total += loss_sum
                 weight_total += weight
                 slates += batch.positions.shape[0]
@@ -85,6 +101,11 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
             seconds = time.time() - epoch_start
             mean_loss = (totals[0] / totals[1]).item()
             history.append(mean_loss)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(
+                    f"train[{job.spec.name}]: the loss is {mean_loss} in epoch {epoch + 1}; no model is saved "
+                    "(check the features for extreme values, or lower train.learning_rate)"
+                )
             if rank == 0:
                 eta = (time.time() - started) / (epoch + 1) * (job.epochs - epoch - 1)
                 print(
