@@ -24,7 +24,7 @@ from ulr_spark.io.delta import read_table
 from ulr_spark.io.sizing import petastorm_layout, table_bytes
 from ulr_spark.models.registry import TrainingObjective, build_model
 from ulr_spark.scoring import SCORE_ARROW_SCHEMA, feature_matrix, score_pairs
-from ulr_spark.training.driver import describe_examples, model_spec
+from ulr_spark.training.driver import describe_examples, model_spec, training_rows
 from ulr_spark.training.loaders import SlateBatch, make_converter, shard_batches
 from ulr_spark.training.worker import train_step
 
@@ -79,8 +79,8 @@ def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: 
     cache = tables.path("petastorm_cache") + "_bench"
     layout = petastorm_layout(table_bytes(spark, tables.path("examples")), 1, 1)
     converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size, shape.heavy_row_cap)
-    # The trainer's constant: slot impressions per step (one process here).
-    normaliser = shape.slot_impressions / max(1, shape.rows // tc.batch_size)
+    # The trainer's constant (ulr_spark.training.driver.train): slot impressions per batch.
+    normaliser = tc.batch_size * shape.slot_impressions / training_rows(examples, shape.heavy_row_cap)
     in_memory = _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed)
     petastorm_rates, memory_rates = [], []
     try:

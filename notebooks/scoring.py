@@ -45,8 +45,8 @@ print(f"run_id = {run_id}; pairs from {pairs_table or 'score.source=' + config.s
 
 # COMMAND ----------
 
-rows = score(config, spark, run_id, pairs=pairs)  # noqa: F821
-print(f"{rows} score rows for run {run_id} in {config.tables.path('scores')}")
+summary = score(config, spark, run_id, pairs=pairs, pairs_source=pairs_table or None)  # noqa: F821
+print(f"run {run_id}: {summary}; written to {config.tables.path('scores')}")
 
 # COMMAND ----------
 

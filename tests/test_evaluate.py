@@ -39,3 +39,68 @@ def test_bias_curve_error_is_mean_relative_error(spark):
     row = bias_curve_error(learned, truth, [2, 3]).first()
     assert row[schema.METRIC] == BIAS_ERROR
     assert row[schema.VALUE] == pytest.approx((0.1 / 0.5 + 0.05 / 0.25) / 2)
+
+
+def test_ndcg_with_ties_is_sklearns_tie_averaged_ndcg(spark):
+    """Tied scores share their ranks (the mean discount of the ranks they span); the item ids,
+    which once broke the ties, must not matter."""
+    import numpy as np
+    from sklearn.metrics import ndcg_score
+
+    rng = np.random.default_rng(4)
+    queries = {}
+    for q in range(12):
+        n = int(rng.integers(3, 9))
+        labels = rng.integers(0, 5, n)
+        labels[0] = max(labels[0], 1)
+        scores = rng.integers(0, 3, n).astype(float)  # few distinct values: many ties
+        queries[f"q{q}"] = (labels, scores)
+    rows = [("m", q, f"{i:02d}", float(s), int(y)) for q, (ys, ss) in queries.items() for i, (y, s) in enumerate(zip(ys, ss))]
+    # The same scores with the item ids reversed: a tie broken by id would change the metric.
+    rows += [("m_ids_reversed", q, f"{99 - int(i)}", s, y) for _, q, i, s, y in rows]
+    df = spark.createDataFrame(rows, [schema.MODEL, schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.LABEL])
+    got = {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in ndcg(df, [1, 3, 5]).collect()}
+    for k in (1, 3, 5):
+        expected = np.mean([ndcg_score([2.0**ys - 1], [ss], k=k) for ys, ss in queries.values()])
+        assert got[("m", f"ndcg@{k}")] == pytest.approx(expected, abs=1e-12)
+        assert got[("m_ids_reversed", f"ndcg@{k}")] == pytest.approx(expected, abs=1e-12)
+
+
+def evaluation_tables(spark, tmp_path, scores, split=schema.SPLIT_TRAIN):
+    from pyspark.sql import functions as F
+
+    from tests.conftest import small_config
+
+    config = small_config(tmp_path)
+    spark.createDataFrame(
+        [(q, i, s, "m", "r1") for q, i, s in scores],
+        f"{schema.QUERY_ID} string, {schema.ITEM_ID} string, {schema.SCORE} double, {schema.MODEL} string, {schema.RUN_ID} string",
+    ).withColumn(schema.SCORED_AT, F.current_timestamp()).write.format("delta").save(config.tables.path("scores"))
+    spark.createDataFrame(
+        [(q, i, 1 + (n % 2), split) for n, (q, i, _) in enumerate(scores)],
+        f"{schema.QUERY_ID} string, {schema.ITEM_ID} string, {schema.LABEL} int, {schema.SPLIT} string",
+    ).write.format("delta").save(config.tables.path("truth_labels"))
+    return config
+
+
+def test_non_finite_scores_stop_evaluation_with_their_count(spark, tmp_path):
+    import os
+
+    from ulr_spark.evaluation import evaluate
+
+    config = evaluation_tables(spark, tmp_path, [("q1", "a", float("nan")), ("q1", "b", 0.3), ("q1", "c", float("inf"))])
+    config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"queries": "all"})})
+    with pytest.raises(ValueError, match=r"column 'score' must be finite .* broken by 2 of 3 score\(s\)"):
+        evaluate(config, spark, "r1")
+    assert not os.path.exists(config.tables.path("metrics"))
+
+
+def test_a_queries_setting_that_matches_nothing_says_so(spark, tmp_path):
+    import os
+
+    from ulr_spark.evaluation import evaluate
+
+    config = evaluation_tables(spark, tmp_path, [("q1", "a", 0.1), ("q1", "b", 0.3)])  # no held-out label
+    with pytest.raises(ValueError, match="evaluate.queries='heldout'"):
+        evaluate(config, spark, "r1")
+    assert not os.path.exists(config.tables.path("metrics"))

@@ -102,7 +102,7 @@ def test_outputs_are_documented_delta_tables_tagged_with_the_run(spark, pipeline
     assert scores["ulr_spark.models"] == ",".join(sorted(MODELS))
 
 
-def test_artifacts_carry_weights_schema_and_config(pipeline_run):
+def test_artifacts_carry_weights_schema_and_config(spark, pipeline_run):
     config, run_id = pipeline_run
     artifacts = {a.spec.name: a for a in run_artifacts(config.tables.path("models"), run_id)}
     assert set(artifacts) == set(MODELS)
@@ -112,6 +112,12 @@ def test_artifacts_carry_weights_schema_and_config(pipeline_run):
     assert card["config"]["train"]["epochs"] == 10
     assert card["world_size"] == 2
     assert card["loss_history"][-1] < card["loss_history"][0]
+    # Lineage: the examples version it was trained on (build-examples wrote the only versions).
+    from ulr_spark.io.delta import table_version
+
+    assert card["examples_path"] == config.tables.path("examples")
+    assert card["examples_version"] == table_version(spark, config.tables.path("examples"))
+    assert card["ulr_spark_version"] and card["artifact_format"] == 1
 
 
 def test_scoring_twice_replaces_the_run_rows(spark, pipeline_run):

@@ -116,3 +116,78 @@ def test_every_broken_rule_is_reported_at_once(spark, tmp_path):
     with pytest.raises(InvalidLogError) as caught:
         build_examples(config, spark, "test")
     assert {v.column for v in caught.value.violations} == {"position", "clicked"}
+
+
+DOUBLE_FEATURES = T.StructType([*LOG_SCHEMA.fields[:5], T.StructField("features", T.ArrayType(T.DoubleType()))])
+
+
+def test_features_must_be_finite_as_the_float32_the_trainer_reads(spark, tmp_path):
+    """+inf, and a double too large for float32 (which the trainer's cast turns into +inf)."""
+    rows = good_rows()
+    rows[0] = rows[0][:5] + ([float("inf"), 1.0],)
+    rows[4] = rows[4][:5] + ([1e39, 1.0],)
+    expect_failure(spark, tmp_path, rows, "features", "each finite as the float32", 2, schema=DOUBLE_FEATURES)
+
+
+def test_a_log_with_no_row_within_max_slate_size_is_refused(spark, tmp_path):
+    """One request shown at slots 11 and 12 only: no slate can be built from it."""
+    rows = [("r0", "q0", "i1", 11, 1, [0.1, 1.0]), ("r0", "q0", "i2", 12, 0, [0.2, 1.0])]
+    expect_failure(spark, tmp_path, rows, "position", "at least one row must sit within max_slate_size=10", 2)
+
+
+def test_requests_beyond_max_slate_size_make_no_example_and_are_counted(spark, tmp_path):
+    config = small_config(tmp_path)
+    write_log(spark, tmp_path, good_rows() + [("r9", "q0", "i1", 11, 1, [0.1, 1.0])])
+    summary = build_examples(config, spark, "test")
+    assert summary.requests_beyond_max_slate == 1 and summary.rows_beyond_max_slate == 1
+    assert summary.requests == 5 and summary.examples == 2, summary
+    from ulr_spark.io.delta import read_table
+
+    assert read_table(spark, config.tables.path("examples")).where("slate_size = 0").count() == 0
+
+
+def test_a_log_without_a_click_is_refused(spark, tmp_path):
+    rows = [r[:4] + (0,) + r[5:] for r in good_rows()]
+    expect_failure(spark, tmp_path, rows, "clicked", "at least one row within max_slate_size must be a click", 12)
+
+
+def _cli(config, tmp_path, *args):
+    import yaml
+
+    from ulr_spark.cli import main
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    return main([args[0], "--config", str(path), *args[1:]])
+
+
+def test_fewer_training_rows_than_processes_is_refused_before_training(spark, tmp_path, capsys):
+    """One request of 2 slots and 2 training processes: Petastorm cannot give each a shard."""
+    from ulr_spark.io.artifacts import latest_run_id
+
+    config = small_config(tmp_path)
+    write_log(spark, tmp_path, [("r0", "q0", "i1", 1, 1, [0.1, 1.0]), ("r0", "q0", "i2", 2, 0, [0.2, 1.0])])
+    build_examples(config, spark, "test")
+    assert _cli(config, tmp_path, "train", "--run-id", "t1") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 training row(s), fewer than train.num_processes=2" in err, err
+    with pytest.raises(FileNotFoundError):
+        latest_run_id(config.tables.path("models"))
+
+
+@pytest.mark.slow
+def test_a_failed_training_run_is_never_published(spark, tmp_path, capsys):
+    """A loss that is not finite stops training; the run is not published, the previous run
+    stays the latest, and no staging folder is left."""
+    from ulr_spark.io.artifacts import latest_run_id
+
+    config = small_config(tmp_path, train={"num_processes": 1, "epochs": 1, "models": ["additive"]})
+    write_log(spark, tmp_path, good_rows())
+    build_examples(config, spark, "test")
+    assert _cli(config, tmp_path, "train", "--run-id", "good") == 0
+    assert _cli(config, tmp_path, "train", "--run-id", "diverged", "--set", "train.learning_rate=1e30") == 1
+    err = capsys.readouterr().err.strip()
+    assert "the distributed training failed" in err and len(err.splitlines()) == 1, err
+    models = config.tables.path("models")
+    assert latest_run_id(models) == "good"
+    assert sorted(os.listdir(models)) == ["good"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import re
 import shlex
 import sys
 from typing import Optional
@@ -137,7 +139,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_all(config, spark, args.run_id)
         elif args.stage == "compare":
             from ulr_spark.experiments.compare import compare, write_report
-            from ulr_spark.io.artifacts import new_run_id
+            from ulr_spark.io.artifacts import check_run_id, new_run_id
+
+            if args.run_id:
+                check_run_id(args.run_id)  # before any scenario runs
 
             command = "ulr-spark " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
             if args.report_only:
@@ -148,10 +153,38 @@ def main(argv: Optional[list[str]] = None) -> int:
                 compare(config, spark, args.run_id or new_run_id(), command)
         else:
             run_stage(config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id))
-    except (InvalidLogError, FileNotFoundError, ValueError) as error:
-        print(f"ulr-spark {args.stage}: {error}", file=sys.stderr)
+    except Exception as error:
+        message = expected_failure(error)
+        if message is None or os.environ.get("ULR_SPARK_TRACEBACK"):
+            raise
+        print(f"ulr-spark {args.stage}: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def expected_failure(error: BaseException) -> Optional[str]:
+    """The one-paragraph message of a failure a user can cause (bad input, a missing table or
+    run, a concurrent writer, failed training), or None for a bug, whose traceback is shown
+    (``ULR_SPARK_TRACEBACK=1`` shows it for every failure).
+
+    Spark wraps an error raised in a Python worker (PythonException) and reports JVM-side ones
+    (AnalysisException: a missing path or column) with long traces; only their first message
+    is kept.
+    """
+    from pyspark.errors import AnalysisException, PythonException
+
+    from ulr_spark.training.driver import TrainingFailedError
+
+    if isinstance(error, (InvalidLogError, FileNotFoundError, ValueError, TrainingFailedError)):
+        return str(error)
+    if isinstance(error, PythonException):
+        # The worker's own exception is the last "Name: message" line of its traceback.
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line.strip())]
+        return (raised[-1] if raised else lines[-1]).strip() if lines else type(error).__name__
+    if isinstance(error, AnalysisException):
+        return str(error).strip().splitlines()[0]
+    return None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
 """Quality against the simulator's truth (docs/design.md, "Metrics").
 
 - NDCG@k of each model's relevance scores against the true labels, over all candidate items
-  of each evaluated query (not only those shown). Queries whose items are all irrelevant
-  (label 0 everywhere) have no ideal ranking and are left out of the mean.
+  of each evaluated query (not only those shown), with gain 2^label - 1 and discount
+  1 / log2(rank + 1). Queries whose items are all irrelevant (label 0 everywhere) have no ideal
+  ranking and are left out of the mean. **Ties**: items with equal scores share their ranks, each
+  taking the mean discount of the ranks the tied group spans (ranks beyond k count 0), the
+  tie-aware DCG of McSherry and Najork (ECIR 2008) that ``sklearn.metrics.ndcg_score`` computes;
+  so no order among tied items (such as their ids) decides the metric.
+- Scores must be finite: a NaN or infinite score would sort first and count as a ranking, so
+  evaluation stops with the number of such scores instead.
 - Bias-curve error: mean over slots of |learned_k / learned_1 - true_k / true_1| divided by
   true_k / true_1, for the default context.
 """
@@ -24,23 +30,37 @@ def ndcg_metric(k: int) -> str:
     return f"ndcg@{k}"
 
 
+def tie_averaged_discount(first_rank: F.Column, tied: F.Column, k: int) -> F.Column:
+    """Mean of 1 / log2(r + 1) over the ranks r = first_rank .. first_rank + tied - 1 of a tied
+    group, with ranks beyond k counting 0."""
+    first, tied = first_rank.cast("long"), tied.cast("long")
+    last = F.least(first + tied - 1, F.lit(k).cast("long"))
+    summed = F.aggregate(
+        F.sequence(first, last), F.lit(0.0), lambda acc, r: acc + 1.0 / F.log2(r.cast("double") + 1.0)
+    )
+    return F.when(first <= k, summed / tied).otherwise(0.0)
+
+
 def ndcg(scored: DataFrame, cutoffs: list[int]) -> DataFrame:
-    """(model, query_id, item_id, score, label) -> (model, metric, value, queries)."""
+    """(model, query_id, item_id, score, label) -> (model, metric, value, queries); ties as in
+    the module docstring."""
     per_query = Window.partitionBy(schema.MODEL, schema.QUERY_ID)
     gain = F.pow(F.lit(2.0), F.col(schema.LABEL)) - 1.0
     ranked = (
         scored.withColumn("gain", gain)
-        .withColumn("rank_by_score", F.row_number().over(per_query.orderBy(F.desc(schema.SCORE), schema.ITEM_ID)))
+        # rank(): 1 + the number of items with a strictly higher score, the first rank of the tie.
+        .withColumn("first_rank", F.rank().over(per_query.orderBy(F.desc(schema.SCORE))))
+        .withColumn("tied", F.count(F.lit(1)).over(Window.partitionBy(schema.MODEL, schema.QUERY_ID, schema.SCORE)))
+        # Ties in the label do not change the ideal DCG (equal gains), so any order will do.
         .withColumn("rank_by_label", F.row_number().over(per_query.orderBy(F.desc(schema.LABEL), schema.ITEM_ID)))
     )
 
-    def discounted(rank_col: str, k: int) -> F.Column:
-        rank = F.col(rank_col)
-        return F.sum(F.when(rank <= k, F.col("gain") / F.log2(rank + 1.0)).otherwise(0.0))
-
     sums = []
     for k in cutoffs:
-        sums += [discounted("rank_by_score", k).alias(f"dcg{k}"), discounted("rank_by_label", k).alias(f"idcg{k}")]
+        dcg = F.sum(F.col("gain") * tie_averaged_discount(F.col("first_rank"), F.col("tied"), k))
+        ideal_rank = F.col("rank_by_label")
+        idcg = F.sum(F.when(ideal_rank <= k, F.col("gain") / F.log2(ideal_rank + 1.0)).otherwise(0.0))
+        sums += [dcg.alias(f"dcg{k}"), idcg.alias(f"idcg{k}")]
     per_query_scores = ranked.groupBy(schema.MODEL, schema.QUERY_ID).agg(F.max(schema.LABEL).alias("max_label"), *sums)
     judged = per_query_scores.where(F.col("max_label") > 0)
     means = judged.groupBy(schema.MODEL).agg(
@@ -54,6 +74,25 @@ def ndcg(scored: DataFrame, cutoffs: list[int]) -> DataFrame:
         ).alias("m"),
         "queries",
     ).select(schema.MODEL, "m.metric", "m.value", "queries")
+
+
+def check_finite_scores(scored: DataFrame, run_id: str) -> int:
+    """The number of (model, query, item) rows to evaluate.
+
+    Raises:
+        ValueError: some scores are NaN or infinite (with their count), or no row is left.
+    """
+    score = F.col(schema.SCORE)
+    counts = scored.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.when(score.isNull() | F.isnan(score) | (F.abs(score) == F.lit(float("inf"))), 1).otherwise(0)).alias("broken"),
+    ).first()
+    if counts["broken"]:
+        raise ValueError(
+            f"evaluate: column '{schema.SCORE}' must be finite (a NaN or infinite score would rank first) -- broken by "
+            f"{counts['broken']} of {counts['rows']} score(s) of run {run_id!r}; nothing was written"
+        )
+    return int(counts["rows"])
 
 
 def bias_curve_error(learned: DataFrame, truth: DataFrame, slots: list[int]) -> DataFrame:
@@ -77,10 +116,22 @@ def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
     tables, ec = config.tables, config.evaluate
     run_filter = F.col(schema.RUN_ID) == run_id
     scores = read_table(spark, tables.path("scores")).where(run_filter)
+    # A run may have scored a pair from two pairs sources: its newest score counts, once.
+    scores = scores.groupBy(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID).agg(
+        F.max_by(schema.SCORE, schema.SCORED_AT).alias(schema.SCORE)
+    )
     labels = read_table(spark, tables.path("truth_labels"))
     if ec.queries == "heldout":
         labels = labels.where(F.col(schema.SPLIT) == schema.SPLIT_HELDOUT)
     scored = scores.join(labels, [schema.QUERY_ID, schema.ITEM_ID]).select(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.LABEL)
+    if not check_finite_scores(scored, run_id):
+        if not scores.limit(1).count():
+            raise ValueError(f"evaluate: run {run_id!r} has no scores in {tables.path('scores')}; run `ulr-spark score` first")
+        raise ValueError(
+            f"evaluate: no score of run {run_id!r} has a label with evaluate.queries={ec.queries!r}: the run scored "
+            f"{scores.count()} row(s), and {tables.path('truth_labels')} labels none of their (query, item) pairs "
+            "(set evaluate.queries=all, or score the pairs the labels cover); nothing was written"
+        )
     metrics = ndcg(scored, ec.ndcg_at).select(schema.MODEL, schema.METRIC, schema.VALUE)
     if table_exists(spark, tables.path("bias_curves")):
         learned = read_table(spark, tables.path("bias_curves")).where(run_filter)

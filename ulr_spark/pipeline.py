@@ -12,7 +12,7 @@ from ulr_spark import schema
 from ulr_spark.config import Config
 from ulr_spark.evaluation import evaluate, format_metrics
 from ulr_spark.examples.slates import build_examples
-from ulr_spark.io.artifacts import latest_run_id, new_run_id, read_artifact
+from ulr_spark.io.artifacts import check_run_id, latest_run_id, new_run_id, read_artifact
 from ulr_spark.io.spark import stage_group
 from ulr_spark.scoring import score
 from ulr_spark.training.driver import train
@@ -21,9 +21,15 @@ STAGES = ("simulate", "build-examples", "train", "score", "evaluate")
 
 
 def resolve_run_id(config: Config, stage: str, run_id: Optional[str]) -> str:
-    """Train starts a new run unless told otherwise; later stages default to the newest run."""
+    """Train starts a new run unless told otherwise; later stages default to the run that
+    finished training last.
+
+    Raises:
+        ValueError: ``run_id`` cannot be a folder name (:func:`check_run_id`).
+        FileNotFoundError: no finished run to score or evaluate.
+    """
     if run_id:
-        return run_id
+        return check_run_id(run_id)
     if stage in ("score", "evaluate"):
         return latest_run_id(config.tables.path("models"))
     return new_run_id()
@@ -71,7 +77,7 @@ def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> A
 
 
 def run_all(config: Config, spark: SparkSession, run_id: Optional[str] = None) -> str:
-    run_id = run_id or new_run_id()
+    run_id = check_run_id(run_id) if run_id else new_run_id()
     for stage in STAGES:
         run_stage(config, spark, stage, run_id)
     return run_id

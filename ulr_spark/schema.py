@@ -30,6 +30,7 @@ MODEL = "model"
 RUN_ID = "run_id"
 SCORE = "score"
 SCORED_AT = "scored_at"
+PAIRS_SOURCE = "pairs_source"  # the pairs table a scoring run read (what a rerun of it replaces)
 POSITION = "position"
 EXAMINATION = "examination"  # relative to slot 1 of the default context
 METRIC = "metric"
@@ -78,6 +79,7 @@ COLUMN_COMMENTS = {
     RUN_ID: "run that wrote the row (also in the Delta commit's userMetadata)",
     SCORE: "debiased relevance logit of the relevance tower; higher ranks first",
     SCORED_AT: "time the score was computed",
+    PAIRS_SOURCE: "pairs table the score was computed from; a later scoring of it under the same run replaces these rows",
     TRAINED_AT: "time the model was trained",
     METRIC: "metric name: ndcg@k or bias_curve_error",
     VALUE: "metric value",

@@ -1,9 +1,22 @@
 """Scoring: the relevance towers of a run applied to (query, item) pairs inside Spark.
 
 The weights are broadcast once; each Python worker rebuilds the models once and scores Arrow
-batches with ``mapInArrow``. All models of the run are scored in one pass over the input and
-written in one transaction that replaces the run's rows, so a rerun never duplicates them. A
-second transaction merges them into ``scores_latest``, the newest score of every pair.
+batches with ``mapInArrow``. All models of the run are scored in one pass over the input.
+
+What a scoring run replaces (docs/tables.md): the rows of ``scores`` with its run id, its
+models and its *pairs source* (the pairs table it read, recorded in the ``pairs_source``
+column), in one transaction. Scoring another pairs table under the same run id adds to the
+run; scoring the same table again replaces exactly what the previous scoring of it wrote, so a
+rerun never duplicates rows and pairs that left the table leave the run.
+
+A second transaction merges the run's scores into ``scores_latest``, the newest score of every
+(model, query, item): new pairs are inserted, a pair's row is replaced only when its score moved
+by more than ``score.change_tolerance`` (so a bit-different recomputation is not a change), and
+pairs of the same source and model that this run no longer scored are deleted.
+
+The input is checked before anything is written: duplicate pairs are merged (counted in the
+summary), and features of the wrong length or not finite as float32 stop the run with the
+count of broken pairs.
 """
 
 from __future__ import annotations
@@ -12,25 +25,33 @@ import io
 import uuid
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ulr_spark import schema
 from ulr_spark.config import Config
+from ulr_spark.examples.validation import not_finite_float32
 from ulr_spark.io.artifacts import run_artifacts, weights_bytes
 from ulr_spark.io.delta import (
+    AUTO_MERGE_SCHEMA,
+    CHANGE_FEED,
     Provenance,
-    overwrite_table,
+    create_table,
     read_table,
     replace_rows,
+    session_setting,
     set_table_properties,
     sql_string,
     table_exists,
     tag_sql_commits,
+    with_column_comments,
+    with_retries,
 )
 from ulr_spark.io.sizing import set_shuffle_partitions, table_bytes
 from ulr_spark.io.spark import describe_step
@@ -141,70 +162,176 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
     return columns.mapInArrow(apply, SCORE_SCHEMA)
 
 
-def pairs_to_score(config: Config, spark: SparkSession) -> DataFrame:
-    """The (query, item, features) rows to score, per ``score.source``."""
+def pairs_to_score(config: Config, spark: SparkSession) -> tuple[DataFrame, str]:
+    """The (query, item, features) rows to score, per ``score.source``, and the path of the
+    table they come from (the run's pairs source)."""
     if config.score.source == "candidates":
-        return read_table(spark, config.tables.path("candidates")).select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES)
+        path = config.tables.path("candidates")
+        return read_table(spark, path).select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES), path
     cols = config.columns
     path = config.tables.path("impressions")
     set_shuffle_partitions(spark, table_bytes(spark, path), config.spark.shuffle_partitions)
     log = read_table(spark, path)
-    # Feature values may differ between impressions of a pair; the latest is not knowable
-    # without a timestamp, so take one deterministic representative per pair.
-    return (
-        log.groupBy(F.col(cols.query_id).cast("string").alias(schema.QUERY_ID), F.col(cols.item_id).cast("string").alias(schema.ITEM_ID))
-        .agg(F.min(F.col(cols.features).cast(T.ArrayType(T.FloatType()))).alias(schema.FEATURES))
+    pairs = log.select(
+        F.col(cols.query_id).cast("string").alias(schema.QUERY_ID),
+        F.col(cols.item_id).cast("string").alias(schema.ITEM_ID),
+        F.col(cols.features).alias(schema.FEATURES),
     )
+    return pairs, path
 
 
-def score(config: Config, spark: SparkSession, run_id: str, pairs: Optional[DataFrame] = None) -> int:
-    """Score ``pairs`` (by default the pairs of ``score.source``) with every model of the run
-    into ``tables.scores``; returns the rows written for the run."""
+@dataclass(frozen=True)
+class ScoreSummary:
+    rows_read: int  # input rows, duplicates included
+    duplicate_rows: int  # rows that repeated a (query, item) pair already read: merged, not scored twice
+    pairs_scored: int
+    models: int
+    pairs_source: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.pairs_scored} pair(s) x {self.models} model(s) scored from {self.pairs_source} "
+            f"({self.rows_read} row(s) read, {self.duplicate_rows} duplicate(s) of a pair merged)"
+        )
+
+
+def distinct_pairs(pairs: DataFrame, num_features: int) -> tuple[DataFrame, dict]:
+    """One row per (query, item) with its number of copies in the input, persisted (the caller
+    counts, scores, then unpersists it), and the counts the summary needs.
+
+    A pair repeated in the input (the same item logged many times, or a duplicated candidate)
+    is scored once: when its copies' features differ, the smallest array is taken, so the
+    choice is deterministic. Every copy is checked, not only the one kept.
+
+    Raises:
+        ValueError: some pairs have a copy whose features have the wrong length or are not
+            finite as float32 (names the column, the rule and the count; nothing is written).
+    """
+    features = F.col(schema.FEATURES).cast(T.ArrayType(T.DoubleType()))
+    broken = features.isNull() | (F.size(features) != num_features) | F.exists(features, not_finite_float32)
+    grouped = (
+        pairs.groupBy(F.col(schema.QUERY_ID).cast("string").alias(schema.QUERY_ID), F.col(schema.ITEM_ID).cast("string").alias(schema.ITEM_ID))
+        .agg(F.count(F.lit(1)).alias("copies"), F.max(broken.cast("int")).alias("broken"), F.min(features).alias(schema.FEATURES))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    totals = grouped.agg(F.sum("copies").alias("rows"), F.count(F.lit(1)).alias("pairs"), F.sum("broken").alias("broken")).first()
+    if totals["broken"]:
+        grouped.unpersist()
+        raise ValueError(
+            f"score: column '{schema.FEATURES}' must hold {num_features} values per pair (the model's input), each finite "
+            f"as float32 -- broken by {totals['broken']} of {totals['pairs']} pair(s); nothing was written"
+        )
+    return grouped, {"rows": int(totals["rows"] or 0), "pairs": int(totals["pairs"] or 0)}
+
+
+def score(
+    config: Config, spark: SparkSession, run_id: str, pairs: Optional[DataFrame] = None, pairs_source: Optional[str] = None
+) -> ScoreSummary:
+    """Score ``pairs`` (by default those of ``score.source``) with every model of the run into
+    ``tables.scores`` and ``tables.scores_latest`` (module docstring: what a run replaces).
+
+    ``pairs_source`` names where given ``pairs`` come from (required with ``pairs``): a later
+    scoring of the same source under this run id replaces these rows.
+
+    Raises:
+        FileNotFoundError: the run does not exist or did not finish training.
+        ValueError: bad features in the input, or ``pairs`` without ``pairs_source``.
+        WriteConflictError: concurrent writers kept conflicting.
+    """
     artifacts = run_artifacts(config.tables.path("models"), run_id)
     if pairs is None:
-        pairs = pairs_to_score(config, spark)
-    scores = score_pairs(pairs, spark, artifacts, config.score.batch_size).select(
-        schema.QUERY_ID,
-        schema.ITEM_ID,
-        schema.SCORE,
-        schema.MODEL,
-        F.lit(run_id).alias(schema.RUN_ID),
-        F.current_timestamp().alias(schema.SCORED_AT),
-    )
-    provenance = Provenance.of(config, run_id, "score", [a.spec.name for a in artifacts])
-    path = config.tables.path("scores")
-    describe_step(spark, f"score {len(artifacts)} model(s) and write the scores")
-    replace_rows(scores, path, "scores", provenance, f"{schema.RUN_ID} = {sql_string(run_id)}", change_feed=True)
-    run_scores = read_table(spark, path).where(F.col(schema.RUN_ID) == run_id)
+        pairs, pairs_source = pairs_to_score(config, spark)
+    elif not pairs_source:
+        raise ValueError("score: pass pairs_source, the name of the pairs table, with pairs")
+    assert pairs_source is not None
+    describe_step(spark, "check and deduplicate the pairs to score")
+    grouped, counts = distinct_pairs(pairs, artifacts[0].spec.num_features)
+    try:
+        models = [a.spec.name for a in artifacts]
+        unique = grouped.select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES)
+        scores = score_pairs(unique, spark, artifacts, config.score.batch_size).select(
+            schema.QUERY_ID,
+            schema.ITEM_ID,
+            schema.SCORE,
+            schema.MODEL,
+            F.lit(run_id).alias(schema.RUN_ID),
+            F.lit(pairs_source).alias(schema.PAIRS_SOURCE),
+            F.current_timestamp().alias(schema.SCORED_AT),
+        )
+        provenance = Provenance.of(config, run_id, "score", models)
+        path = config.tables.path("scores")
+        describe_step(spark, f"score {len(artifacts)} model(s) and write the scores")
+        replace_rows(
+            scores, path, "scores", provenance, run_source_predicate(run_id, pairs_source, models), change_feed=True, merge_schema=True
+        )
+    finally:
+        grouped.unpersist()
+    run_scores = read_table(spark, path).where(run_source_predicate(run_id, pairs_source, models))
     describe_step(spark, "merge the run's scores into scores_latest")
-    update_latest_scores(run_scores, config.tables.path("scores_latest"), provenance)
-    return run_scores.count()
+    update_latest_scores(run_scores, config.tables.path("scores_latest"), provenance, pairs_source, models, config.score.change_tolerance)
+    return ScoreSummary(
+        rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=counts["pairs"],
+        models=len(models), pairs_source=pairs_source,
+    )
+
+
+def run_source_predicate(run_id: str, pairs_source: str, models: list[str]) -> str:
+    """The rows of ``scores`` one scoring of a pairs source writes: its run, source and models."""
+    names = ", ".join(sql_string(m) for m in models)
+    # Rows written before the pairs_source column (null) are replaced by the run's next scoring.
+    source = f"({schema.PAIRS_SOURCE} = {sql_string(pairs_source)} OR {schema.PAIRS_SOURCE} IS NULL)"
+    return f"{schema.RUN_ID} = {sql_string(run_id)} AND {source} AND {schema.MODEL} IN ({names})"
 
 
 LATEST_KEY = (schema.MODEL, schema.QUERY_ID, schema.ITEM_ID)
 
 
-def update_latest_scores(run_scores: DataFrame, path: str, provenance: Provenance) -> None:
+def update_latest_scores(
+    run_scores: DataFrame, path: str, provenance: Provenance, pairs_source: str, models: list[str], tolerance: float
+) -> None:
     """Merge a run's scores into the table of the newest score per (model, query, item).
 
-    One MERGE transaction: pairs new to the table are inserted, and a pair's row is replaced only
-    when its score changed, so the table's change feed holds exactly the scores that changed.
-    Pairs this run did not score keep their previous row.
+    One MERGE transaction (retried on conflicts): pairs new to the table are inserted; a pair's
+    row is replaced when its score moved by more than ``tolerance`` x max(1, |score|), or when
+    it came from another source; rows of this source and these models that the run did not
+    score are deleted. So the table's change feed holds the scores that really changed.
     """
     from delta.tables import DeltaTable
 
     spark = run_scores.sparkSession
-    if not table_exists(spark, path):
-        overwrite_table(run_scores, path, schema.SCORES_LATEST, provenance, change_feed=True)
+
+    def create() -> bool:
+        """Create the table from this run's scores, unless it exists (then the MERGE follows).
+        A concurrent creator makes this fail and retry, and the retry finds the table."""
+        if table_exists(spark, path):
+            return False
+        writer = with_column_comments(run_scores).write.format("delta").option("userMetadata", provenance.user_metadata)
+        create_table(writer.option(CHANGE_FEED, "true"), path)
+        return True
+
+    if with_retries(create, path):
+        set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)
         return
     on = " AND ".join(f"latest.{c} = run.{c}" for c in LATEST_KEY)
-    with tag_sql_commits(spark, provenance.user_metadata):
+    moved = (
+        f"NOT (abs(latest.{schema.SCORE} - run.{schema.SCORE}) <= {float(tolerance)!r} * greatest(1.0, abs(latest.{schema.SCORE}))) "
+        f"OR NOT (latest.{schema.PAIRS_SOURCE} <=> run.{schema.PAIRS_SOURCE})"
+    )
+    names = ", ".join(sql_string(m) for m in models)
+    gone = f"latest.{schema.PAIRS_SOURCE} = {sql_string(pairs_source)} AND latest.{schema.MODEL} IN ({names})"
+
+    def merge() -> None:
         (
             DeltaTable.forPath(spark, path)
             .alias("latest")
             .merge(run_scores.alias("run"), on)
-            .whenMatchedUpdateAll(condition=f"NOT (latest.{schema.SCORE} <=> run.{schema.SCORE})")
+            .whenMatchedUpdateAll(condition=moved)
             .whenNotMatchedInsertAll()
+            .whenNotMatchedBySourceDelete(condition=gone)
             .execute()
         )
+
+    # A scores_latest written before the pairs_source column gains it (older rows read null).
+    with tag_sql_commits(spark, provenance.user_metadata), session_setting(spark, AUTO_MERGE_SCHEMA, "true"):
+        with_retries(merge, path)
     set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)

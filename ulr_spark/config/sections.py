@@ -154,6 +154,9 @@ class ScoreConfig(Section):
     # "impressions" (the distinct pairs of the log).
     source: Literal["candidates", "impressions"] = "candidates"
     batch_size: PositiveInt = 4096
+    # scores_latest replaces a pair's score only when it moved by more than this, relative to
+    # max(1, |score|): a recomputation that differs in the last bits is not a change.
+    change_tolerance: Annotated[float, Field(ge=0)] = 1e-6
 
 
 class EvaluateConfig(Section):

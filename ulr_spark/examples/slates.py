@@ -35,6 +35,9 @@ class ExamplesSummary:
     log_rows: int
     requests: int
     rows_beyond_max_slate: int
+    # Requests whose every row sits beyond max_slate_size: they make no example (counted here).
+    requests_beyond_max_slate: int
+    clicks: int
     examples: int
     num_features: int
     contexts: int
@@ -138,6 +141,22 @@ def share_of_pairs_in_several_slots(examples: DataFrame) -> float:
     return float(row["share"] or 0.0)
 
 
+def trainable_violations(totals, cols: LogColumns, max_slate_size: int, total_rows: int) -> list[Violation]:
+    """Rules on the log as a whole: it must leave something to train on."""
+    found = []
+    if not totals["examples"]:
+        found.append(Violation(
+            cols.position, f"at least one row must sit within max_slate_size={max_slate_size} (every row is beyond it, "
+            "so no slate can be built)", total_rows,
+        ))
+    if not totals["clicks"]:
+        found.append(Violation(
+            cols.clicked, "at least one row within max_slate_size must be a click (1): without clicks neither relevance "
+            "nor position bias can be identified", total_rows,
+        ))
+    return found
+
+
 def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     """Validate the log, build the examples and write them in one transaction.
 
@@ -162,12 +181,15 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     try:
         describe_step(spark, "group requests into slates, count the rules, merge identical slates")
         check_columns = RequestChecks.count_columns(merged)
+        empty = F.col(schema.SLATE_SIZE) == 0
         totals = merged.agg(
-            F.count(F.lit(1)).alias("examples"),
+            F.sum(F.when(empty, 0).otherwise(1)).alias("examples"),
             F.sum(schema.IMPRESSIONS).alias("requests"),
+            F.sum(F.when(empty, F.col(schema.IMPRESSIONS)).otherwise(0)).alias("empty_requests"),
+            F.sum(F.aggregate(schema.CLICKS, F.lit(0).cast("long"), lambda acc, c: acc + c)).alias("clicks"),
             *[F.sum(c).alias(c) for c in check_columns],
         ).first()
-        broken = checks.violations(totals)
+        broken = checks.violations(totals) + trainable_violations(totals, cols, k, total)
         if broken:
             raise InvalidLogError(broken, total)
         share = share_of_pairs_in_several_slots(merged)
@@ -176,17 +198,20 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
                 f"build-examples: WARNING only {share:.1%} of (query, item) pairs were shown in more than one slot; "
                 "unless item features overlap across slots, the bias and relevance towers cannot be told apart"
             )
-        beyond = int(totals["check_beyond_rows"])
+        beyond, empty_requests = int(totals["check_beyond_rows"]), int(totals["empty_requests"])
         if beyond:
-            print(f"build-examples: {beyond} log row(s) sit beyond max_slate_size={k} and are not used")
+            print(
+                f"build-examples: {beyond} log row(s) sit beyond max_slate_size={k} and are not used; "
+                f"{empty_requests} request(s) have no row within it and make no example"
+            )
         files = example_files(
             int(totals["examples"]) * example_row_bytes(k, checks.num_features),
             config.train.num_processes,
             config.examples.partitions,
         )
         describe_step(spark, "write the examples")
-        vocabulary = context_vocabulary(merged)
-        examples = with_context_ids(merged, vocabulary).repartition(files)
+        vocabulary = context_vocabulary(merged.where(~empty))
+        examples = with_context_ids(merged.where(~empty), vocabulary).repartition(files)
         # The vocabulary travels inside the examples (context_id next to context_key), so one
         # transaction writes everything the trainer needs.
         overwrite_table(
@@ -199,9 +224,11 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         log_rows=int(totals["check_log_rows"]),
         requests=requests,
         rows_beyond_max_slate=beyond,
+        requests_beyond_max_slate=empty_requests,
+        clicks=int(totals["clicks"]),
         examples=n_examples,
         num_features=checks.num_features,
         contexts=len(vocabulary),
         share_of_pairs_in_several_slots=share,
-        compression=requests / n_examples if n_examples else 0.0,
+        compression=(requests - empty_requests) / n_examples if n_examples else 0.0,
     )

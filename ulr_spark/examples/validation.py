@@ -126,11 +126,19 @@ def row_rules(cols: LogColumns, num_features: int) -> list[RowRule]:
         RowRule(
             "malformed_features",
             cols.features,
-            f"must hold {num_features} values (the length of the first rows), none of them null or NaN",
-            features.isNotNull()
-            & ((length != num_features) | F.exists(features, lambda v: v.isNull() | F.isnan(v.cast("double")))),
+            f"must hold {num_features} values (the length of the first rows), each finite as the float32 the "
+            "trainer reads (no null, NaN, infinity or magnitude above 3.4e38)",
+            features.isNotNull() & ((length != num_features) | F.exists(features, not_finite_float32)),
         ),
     ]
+
+
+def not_finite_float32(value: Column) -> Column:
+    """True where a number is null, or not finite once cast to float32 (the type the trainer and
+    the scorer read): NaN, infinity, or a double too large for float32, which the cast turns
+    into infinity."""
+    as_float = value.cast("float")
+    return value.isNull() | F.isnan(as_float) | (F.abs(as_float) == F.lit(float("inf")))
 
 
 class RequestChecks:

@@ -120,13 +120,14 @@ def train_baselines(
             )
         )
     scores = spark.createDataFrame(pd.concat(frames, ignore_index=True)).select(
-        schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.MODEL, F.lit(run_id).alias(schema.RUN_ID), F.current_timestamp().alias(schema.SCORED_AT)
+        schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.MODEL, F.lit(run_id).alias(schema.RUN_ID),
+        F.lit(config.tables.path("candidates")).alias(schema.PAIRS_SOURCE), F.current_timestamp().alias(schema.SCORED_AT),
     )
     names = ", ".join(sql_string(BASELINE_MODEL_NAMES[n]) for n in baselines)
     replace_rows(
         scores.coalesce(1), config.tables.path("scores"), "scores",
         Provenance.of(config, run_id, "baselines", [BASELINE_MODEL_NAMES[n] for n in baselines]),
         f"{schema.RUN_ID} = {sql_string(run_id)} AND {schema.MODEL} IN ({names})",
-        change_feed=True,
+        change_feed=True, merge_schema=True,
     )
     return {BASELINE_MODEL_NAMES[n]: len(candidates) for n in baselines}

@@ -88,7 +88,12 @@ def publish_run(staging: str, models_root: str, run_id: str, record: dict) -> st
     if os.path.exists(final):
         replaced = os.path.join(models_root, f".replaced-{run_id}-{uuid.uuid4().hex[:8]}")
         os.replace(final, replaced)
-    os.replace(staging, final)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if replaced:  # put the earlier run back rather than leave the id without a run
+            os.replace(replaced, final)
+        raise
     if replaced:
         shutil.rmtree(replaced, ignore_errors=True)
     return final
@@ -103,7 +108,10 @@ def run_record(models_root: str, run_id: str) -> dict:
     path = os.path.join(models_root, check_run_id(run_id), RUN)
     if not os.path.exists(path):
         if os.path.isdir(os.path.dirname(path)):
-            raise FileNotFoundError(f"run {run_id!r} under {models_root} did not finish training (no {RUN}); retrain it")
+            raise FileNotFoundError(
+                f"run {run_id!r} under {models_root} has no {RUN}: it did not finish training (or was trained by a "
+                "version of ulr-spark before run.json, docs/decisions.md); retrain it"
+            )
         raise FileNotFoundError(f"no trained models for run_id={run_id!r} under {models_root}")
     with open(path) as handle:
         record: dict = json.load(handle)

@@ -14,9 +14,11 @@ metadata-only commit with the same ``userMetadata``; the data commit never depen
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -26,6 +28,7 @@ from ulr_spark import schema
 PROPERTY_PREFIX = "ulr_spark."
 CHANGE_FEED = "delta.enableChangeDataFeed"
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+AUTO_MERGE_SCHEMA = "spark.databricks.delta.schema.autoMerge.enabled"
 # Columns Delta adds to a change feed.
 CHANGE_TYPE = "_change_type"
 COMMIT_VERSION = "_commit_version"
@@ -84,6 +87,63 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     return bool(DeltaTable.isDeltaTable(spark, path))
 
 
+# Delta's optimistic-concurrency conflicts: another job committed to the table between this
+# write's read of it and its commit. Every write here recomputes from scratch when repeated
+# (an overwrite, a replaceWhere of the run's rows, a MERGE, a property change), so each is
+# retried. Creating a new table races the same way (the second creator finds it existing).
+RETRYABLE_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+    "DELTA_PATH_EXISTS",
+    "PATH_ALREADY_EXISTS",
+)
+WRITE_ATTEMPTS = 6
+
+T_ = TypeVar("T_")
+
+
+class WriteConflictError(ValueError):
+    """A Delta write kept conflicting with concurrent writers; nothing of it was committed."""
+
+
+def conflict_kind(error: BaseException) -> Optional[str]:
+    """The Delta conflict an exception reports, or None when it is not one."""
+    names = {type(error).__name__, *(c.__name__ for c in type(error).__mro__)}
+    text = f"{type(error).__name__}: {str(error)[:2000]}"
+    for kind in RETRYABLE_CONFLICTS:
+        if kind in names or kind in text:
+            return kind
+    return None
+
+
+def with_retries(action: Callable[[], T_], table: str, attempts: int = WRITE_ATTEMPTS) -> T_:
+    """Run a Delta write, repeating it when a concurrent writer made it conflict (with random,
+    growing pauses).
+
+    Raises:
+        WriteConflictError: it still conflicted after ``attempts`` tries (one line, naming the
+            table and the conflict).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as error:
+            kind = conflict_kind(error)
+            if kind is None:
+                raise
+            if attempt == attempts:
+                raise WriteConflictError(
+                    f"table {table} was changed by another job at the same time ({kind}) on each of {attempts} tries; "
+                    "nothing of this write was committed: rerun when the other job has finished"
+                ) from None
+            time.sleep(random.uniform(0.5, 1.5) * min(8.0, 0.5 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
 def with_column_comments(df: DataFrame) -> DataFrame:
     """Attach the documented comment of every known column (kept by Delta in the schema)."""
     for name in df.columns:
@@ -114,27 +174,54 @@ def overwrite_table(
         writer = writer.option(CHANGE_FEED, "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(path)
+    with_retries(lambda: writer.save(path), path)
     set_table_properties(df.sparkSession, path, table, provenance, change_feed)
 
 
 def replace_rows(
-    df: DataFrame, path: str, table: str, provenance: Provenance, predicate: str, change_feed: bool = False
+    df: DataFrame, path: str, table: str, provenance: Provenance, predicate: str, change_feed: bool = False,
+    merge_schema: bool = False,
 ) -> None:
     """Replace the rows matching ``predicate`` with ``df`` in one transaction.
 
     ``df`` must only hold rows that match the predicate (Delta checks it). On a table that does
     not exist yet this creates it, with the change feed on from its first version if asked.
+    ``merge_schema`` lets ``df`` add columns to an existing table (older rows read them as null).
+    A conflict with a concurrent writer is retried (:func:`with_retries`).
     """
     spark = df.sparkSession
-    writer = with_column_comments(df).write.format("delta").option("userMetadata", provenance.user_metadata)
-    if table_exists(spark, path):
-        writer.mode("overwrite").option("replaceWhere", predicate).save(path)
-    else:
-        if change_feed:
-            writer = writer.option(CHANGE_FEED, "true")
-        writer.mode("errorifexists").save(path)
+
+    def write() -> None:
+        writer = with_column_comments(df).write.format("delta").option("userMetadata", provenance.user_metadata)
+        if table_exists(spark, path):
+            if merge_schema:
+                writer = writer.option("mergeSchema", "true")
+            writer.mode("overwrite").option("replaceWhere", predicate).save(path)
+        else:
+            if change_feed:
+                writer = writer.option(CHANGE_FEED, "true")
+            create_table(writer, path)
+
+    with_retries(write, path)
     set_table_properties(spark, path, table, provenance, change_feed)
+
+
+def create_table(writer, path: str) -> None:
+    """Save a new Delta table at ``path`` (``errorifexists``).
+
+    Raises:
+        ValueError: ``path`` holds files that are not a Delta table (not retried: no other job
+            will make them one).
+        Exception: Delta's or Spark's error when another job created the table first, which
+            :func:`with_retries` repeats (the repeat then finds the table).
+    """
+    try:
+        writer.mode("errorifexists").save(path)
+    except Exception as error:
+        spark = SparkSession.getActiveSession()
+        if conflict_kind(error) in ("DELTA_PATH_EXISTS", "PATH_ALREADY_EXISTS") and spark and not table_exists(spark, path):
+            raise ValueError(f"{path} holds files that are not a Delta table; move them away or point the table elsewhere") from None
+        raise
 
 
 def set_table_properties(
@@ -146,22 +233,28 @@ def set_table_properties(
         properties[CHANGE_FEED] = "true"
     assignments = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in properties.items() if v)
     with tag_sql_commits(spark, provenance.user_metadata):
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})")
+        with_retries(lambda: spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})"), path)
 
 
 @contextlib.contextmanager
-def tag_sql_commits(spark: SparkSession, user_metadata: str) -> Iterator[None]:
-    """Within the block, Delta commits of SQL statements (MERGE, ALTER TABLE), which take no
-    writer options, carry ``user_metadata``; the session's previous setting comes back after."""
-    previous = spark.conf.get(USER_METADATA_CONF, None)
-    spark.conf.set(USER_METADATA_CONF, user_metadata)
+def session_setting(spark: SparkSession, key: str, value: str) -> Iterator[None]:
+    """Within the block, the Spark session has ``key`` set to ``value``; its previous setting
+    comes back after."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
     try:
         yield
     finally:
         if previous is None:
-            spark.conf.unset(USER_METADATA_CONF)
+            spark.conf.unset(key)
         else:
-            spark.conf.set(USER_METADATA_CONF, previous)
+            spark.conf.set(key, previous)
+
+
+def tag_sql_commits(spark: SparkSession, user_metadata: str) -> contextlib.AbstractContextManager[None]:
+    """Within the block, Delta commits of SQL statements (MERGE, ALTER TABLE), which take no
+    writer options, carry ``user_metadata``."""
+    return session_setting(spark, USER_METADATA_CONF, user_metadata)
 
 
 def table_properties(spark: SparkSession, path: str) -> dict[str, str]:

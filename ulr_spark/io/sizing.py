@@ -65,6 +65,7 @@ def set_shuffle_partitions(spark: SparkSession, input_bytes: int, minimum: int =
 class PetastormLayout:
     files: int  # a multiple of the world size
     row_group_bytes: int
+    rows: int | None = None  # training rows, when known
 
 
 def example_files(estimated_bytes: int, world_size: int, minimum: int) -> int:
@@ -93,7 +94,7 @@ def petastorm_layout(data_bytes: int, world_size: int, minimum_files: int, rows:
         # least one row group per process.
         files = min(files, rows // world_size * world_size)
     row_group = max(MIN_ROW_GROUP_BYTES, 4 * math.ceil(data_bytes / files))
-    return PetastormLayout(files=files, row_group_bytes=row_group)
+    return PetastormLayout(files=files, row_group_bytes=row_group, rows=rows)
 
 
 def example_row_bytes(max_slate_size: int, num_features: int) -> int:

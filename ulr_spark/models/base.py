@@ -28,9 +28,6 @@ class ClickModel(nn.Module):
 
     has_bias_tower = False
     vector_relevance = False  # the relevance tower outputs a vector, even of size 1
-    # The bias of a slot reads the other items of the page (XPA): the examination curve is
-    # then read page by page (ulr_spark.models.curves).
-    bias_reads_page = False
 
     def __init__(self, spec: ModelSpec):
         super().__init__()

@@ -95,8 +95,6 @@ class XPATwoTower(TwoTowerModel):
     cross-positional attention bias tower, so the examination of a slot may depend on what
     is shown around it (lists and grids)."""
 
-    bias_reads_page = True
-
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         self.bias_tower = CrossPositionalAttentionTower(spec)

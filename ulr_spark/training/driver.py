@@ -38,6 +38,10 @@ from ulr_spark.training.worker import TrainJob, train_worker
 HEAVY_ROW_FACTOR = 4
 
 
+class TrainingFailedError(RuntimeError):
+    """Distributed training failed; no model of the run was published."""
+
+
 @dataclass(frozen=True)
 class ExamplesShape:
     rows: int
@@ -128,13 +132,13 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
     try:
         TorchDistributor(num_processes=tc.num_processes, local_mode=local, use_gpu=tc.use_gpu).run(train_worker, jobs, converter)
     except Exception as error:
-        raise RuntimeError(
+        raise TrainingFailedError(
             f"train: the distributed training failed ({type(error).__name__}; the workers' own error is printed above); "
             "nothing was published, the previous runs are unchanged"
         ) from error
     for job in jobs:
         if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
-            raise RuntimeError(f"train: the distributed job ended without writing {job.artifact_path}; nothing was published")
+            raise TrainingFailedError(f"train: the distributed job ended without writing {job.artifact_path}; nothing was published")
 
 
 def learned_bias_curves(model_artifact: Artifact, pages: PageSample, shape: ExamplesShape, run_id: str) -> pd.DataFrame:
@@ -199,7 +203,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     Raises:
         ValueError: the examples are empty, hold no click, or have fewer training rows than
             ``train.num_processes`` (each process needs at least one).
-        RuntimeError: the distributed training failed; nothing was published.
+        TrainingFailedError: the distributed training failed; nothing was published.
     """
     tc, tables = config.train, config.tables
     check_run_id(run_id)
@@ -286,6 +290,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                     curves.append(learned_bias_curves(read_artifact(job.artifact_path), pages, shape, run_id))
         finally:
             converter.delete()
+        curves = [c for c in curves if len(c)]  # a sample may hold no page of any context when the log is tiny
         if curves:
             describe_step(spark, "write the learned bias curves")
             bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(

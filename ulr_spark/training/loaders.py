@@ -21,6 +21,9 @@ from pyspark.sql import functions as F
 from ulr_spark import schema
 from ulr_spark.io.sizing import PetastormLayout
 
+# Below this many training rows the cache is written from one partition (make_converter).
+SMALL_TABLE_ROWS = 100_000
+
 
 def quiet_petastorm_warnings() -> None:
     """Petastorm 0.12.1 calls pyarrow APIs that warn on every read; they are known and harmless."""
@@ -102,6 +105,11 @@ def make_converter(
 
     spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, cache_dir_url)
     columns = petastorm_columns(examples, max_slate_size, heavy_row_cap)
+    if layout.rows is not None and layout.rows < SMALL_TABLE_ROWS:
+        # Round-robin starts at a random partition for each input partition, so a few rows in
+        # several inputs may leave a file empty; from one input partition the files differ by at
+        # most one row, and none is empty when the rows are at least the files.
+        columns = columns.coalesce(1)
     return make_spark_converter(columns.repartition(layout.files), parquet_row_group_size_bytes=layout.row_group_bytes)
 
 
