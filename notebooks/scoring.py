@@ -2,8 +2,9 @@
 # MAGIC %md
 # MAGIC # Score (query, item) pairs with a trained run
 # MAGIC Applies the relevance tower of every model of a run to a table of pairs and writes the
-# MAGIC debiased scores to a Delta table (one transaction that replaces the run's rows, so a rerun
-# MAGIC never duplicates them). All logic lives in `ulr_spark.scoring`.
+# MAGIC debiased scores to a Delta table (one transaction that replaces what an earlier scoring of
+# MAGIC the same pairs table under the run wrote, so a rerun never duplicates them). All logic
+# MAGIC lives in `ulr_spark.scoring`.
 # MAGIC
 # MAGIC Widgets: `config`, `tables_root`, `overrides` (as in the quickstart), `run_id` (empty = the
 # MAGIC newest trained run), `pairs_table` (a Delta path with `query_id`, `item_id`, `features`

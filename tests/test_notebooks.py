@@ -275,7 +275,8 @@ def test_scoring_writes_one_row_per_pair_and_model_to_the_chosen_table(spark, qu
     assert namespace["config"].tables.path("scores") == scores_path
     written = read_table(spark, scores_path).toPandas()
     assert set(written[schema.RUN_ID]) == {run_id}
-    assert len(written) == namespace["rows"] == len(expected_pairs) * len(MODELS)
+    assert len(written) == namespace["summary"].pairs_scored * len(MODELS) == len(expected_pairs) * len(MODELS)
+    assert set(written[schema.PAIRS_SOURCE]) == {pairs_path}
     keys = list(zip(written[schema.QUERY_ID], written[schema.ITEM_ID], written[schema.MODEL]))
     assert len(set(keys)) == len(keys)
     assert set(keys) == {(q, i, m) for q, i in expected_pairs for m in MODELS}

@@ -160,7 +160,8 @@ def test_scoring_the_pairs_of_the_log(spark, pipeline_run):
     this_run = read_table(spark, config.tables.path("scores")).where(F.col(schema.RUN_ID) == run_id)
     joined = scores.alias("a").join(this_run.alias("b"), [schema.QUERY_ID, schema.ITEM_ID, schema.MODEL])
     assert joined.count() == len(MODELS) * pairs
-    assert joined.where(F.abs(F.col("a.score") - F.col("b.score")) > 1e-9).count() == 0
+    # float32 inference: the same inputs in other Arrow batches may differ in the last bits.
+    assert joined.where(F.abs(F.col("a.score") - F.col("b.score")) > 1e-5).count() == 0
 
 
 def test_spark_jobs_are_named_after_their_stage_step_and_run(spark, pipeline_run):

@@ -50,16 +50,16 @@ def test_context_xpa_recovers_the_page_averaged_curve_better_than_additive(spark
     assert m[("xpa", "ndcg@10")] > m[("naive", "ndcg@10")], m
 
 
-def test_confounded_bias_dropout_helps_additive(spark, tmp_path):
-    """The gap is small (+0.006, spread 0.003, in the comparison), so this runs at the
-    scenario's own log size and checks the mean over two of the comparison's seeds."""
-    full_size = {"simulate": {"num_queries": 1000, "num_requests": 20000}, "train": {"epochs": 10}}
-    gaps = []
-    for seed in (1, 2):
-        m = run_small(spark, tmp_path / f"seed{seed}", "confounded", ["additive", "additive_dropout"], seed=seed,
-                      **full_size)
-        gaps.append(m[("additive_dropout", "ndcg@10")] - m[("additive", "ndcg@10")])
-    assert sum(gaps) / len(gaps) > 0, gaps
+def test_confounded_two_tower_ranking_stays_close_to_naive(spark, tmp_path):
+    """Under a strong logging ranker without a distractor naive is the best model (the
+    comparison: NDCG@10 naive 0.990, additive 0.984, additive with bias dropout 0.987). That
+    bias dropout *helps* additive held in one comparison run (+0.006, spread 0.003) but not in the
+    rerun after the correctness fixes (+0.003, spread 0.004), so it is not asserted here; what
+    both runs confirm is that the bias tower does not absorb so much relevance that the ranking
+    breaks, as gradient reversal's does."""
+    m = run_small(spark, tmp_path, "confounded", ["naive", "additive", "additive_dropout"])
+    for model in ("additive", "additive_dropout"):
+        assert m[(model, "ndcg@10")] > m[("naive", "ndcg@10")] - 0.02, m
 
 
 YAHOO = os.path.join(os.path.dirname(ROOT), "shared", "data", "yahoo_ltr_sample")
