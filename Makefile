@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench dist clean
+.PHONY: install demo test test-fast lint bench dist clean own-search own-marketplace own-grid
 
 $(STAMP): requirements.txt setup.py
 	@command -v java >/dev/null || { echo "Java 17 is required (java not found on PATH)"; exit 1; }
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ulr-spark run --config conf/demo.yaml
+	$(BIN)/ulr-spark run --simulate --config conf/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra tests
@@ -44,3 +44,16 @@ dist: $(STAMP)
 
 clean:
 	rm -rf ulr-data spark-warehouse .pytest_cache build dist
+
+# "Debias your own log" (docs/own_logs.md): a sample log of each shape, then every stage on it.
+own-search: $(STAMP)
+	$(BIN)/ulr-spark sample-log --shape search --config conf/own_search_log.yaml
+	$(BIN)/ulr-spark run --config conf/own_search_log.yaml
+
+own-marketplace: $(STAMP)
+	$(BIN)/ulr-spark sample-log --shape marketplace --config conf/own_marketplace_log.yaml
+	$(BIN)/ulr-spark run --config conf/own_marketplace_log.yaml
+
+own-grid: $(STAMP)
+	$(BIN)/ulr-spark sample-log --shape grid --config conf/own_grid_log.yaml
+	$(BIN)/ulr-spark run --config conf/own_grid_log.yaml

@@ -33,7 +33,7 @@ config = config_from_widgets(dbutils)  # noqa: F821
 
 # COMMAND ----------
 
-run_id = run_all(config, spark)  # noqa: F821 (the notebook's SparkSession)
+run_id = run_all(config, spark, simulate=True)  # noqa: F821 (the notebook's SparkSession)
 print(f"run_id = {run_id}; tables under {config.tables.root}")
 
 # COMMAND ----------

@@ -77,7 +77,7 @@ def test_spark_submit_stages_on_a_standalone_cluster(shipped, tmp_path):
         # (jobs/<stage>.py) are the same thin entry point (tests/test_cli.py).
         done = subprocess.run(
             submit + [os.path.join(ROOT, "jobs", "run.py"), "--config", os.path.join(ROOT, "conf", "demo.yaml"),
-                      "--run-id", "cluster-run"] + settings,
+                      "--run-id", "cluster-run", "--simulate"] + settings,
             capture_output=True, text=True, cwd=str(tmp_path), env=clean_environ(), timeout=900,
         )
         assert done.returncode == 0, f"run failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"

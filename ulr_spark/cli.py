@@ -16,17 +16,22 @@ from ulr_spark.pipeline import STAGES, resolve_run_id, run_all, run_stage
 from ulr_spark.training.loaders import quiet_petastorm_warnings
 
 DESCRIPTIONS = {
+    "sample-log": "Write a small sample log of one of three shapes (Parquet) and its truth, to try a config on.",
     "simulate": "Write a simulated impression log and its truth to Delta.",
     "build-examples": "Validate the log and build weighted position-context examples.",
     "train": "Train the configured models with Petastorm and TorchDistributor.",
     "score": "Score (query, item) pairs with the relevance towers of a run.",
     "evaluate": "NDCG and bias-curve error of a run against the simulated truth.",
-    "run": "All stages in order: simulate, build-examples, train, score, evaluate.",
+    "run": "All stages in order: build-examples, train, score, evaluate (and first simulate, with --simulate).",
     "compare": "Every model on every scenario over several seeds, with boosted-tree baselines; "
     "writes the comparison table, a Markdown report and a plot.",
 }
 
 EXAMPLES = {
+    "sample-log": [
+        "ulr-spark sample-log --shape search --config conf/own_search_log.yaml",
+        "ulr-spark sample-log --shape marketplace --config conf/own_marketplace_log.yaml --sessions 50000",
+    ],
     "simulate": [
         "ulr-spark simulate --config conf/demo.yaml --set simulate.num_requests=10000",
         "ulr-spark simulate --config conf/context_grid.yaml --set tables.root=/tmp/grid",
@@ -48,8 +53,9 @@ EXAMPLES = {
         "ulr-spark evaluate --config conf/demo.yaml --run-id try1 --set evaluate.queries=all",
     ],
     "run": [
-        "ulr-spark run --config conf/demo.yaml",
-        "ulr-spark run --config conf/demo.yaml --set tracking.mlflow=true   # also log to MLflow",
+        "ulr-spark run --simulate --config conf/demo.yaml   # simulate a log, then every stage",
+        "ulr-spark run --config conf/own_search_log.yaml     # your own log: read, never written",
+        "ulr-spark run --simulate --config conf/demo.yaml --set tracking.mlflow=true   # also log to MLflow",
     ],
     "compare": [
         "ulr-spark compare --config conf/compare.yaml --set 'compare.seeds=[1]'",
@@ -58,12 +64,13 @@ EXAMPLES = {
 }
 
 WRITES = {
+    "sample-log": "Parquet files at tables.impressions, tables truth/labels and truth/examination",
     "simulate": "tables impressions, candidates, truth/labels, truth/examination",
     "build-examples": "table examples (nothing when the log breaks a rule)",
     "train": "models/<run_id>/<model>/ and table bias_curves",
     "score": "tables scores (change data feed on) and scores_latest",
     "evaluate": "table metrics, and prints them",
-    "run": "all of the above under one run id",
+    "run": "all of the above under one run id (the log only with --simulate)",
     "compare": "table comparison/metrics, a Markdown report and a plot",
 }
 
@@ -71,6 +78,8 @@ WRITES = {
 def _epilog(stage: str) -> str:
     job = "run" if stage == "run" else stage.replace("-", "_")
     lines = ["examples:"] + [f"  {e}" for e in EXAMPLES[stage]]
+    if stage == "sample-log":
+        return "\n".join(lines + ["", f"writes: {WRITES[stage]} (paths under tables.root)"])
     lines += [
         "  spark-submit --master spark://host:7077 --packages io.delta:delta-spark_2.13:4.0.0 \\",
         "    --archives ulr-spark-env.tar.gz#environment --conf spark.pyspark.python=./environment/bin/python \\",
@@ -93,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage in list(STAGES) + ["run", "compare"]:
+    for stage in list(STAGES) + ["run", "compare", "sample-log"]:
         sub = subs.add_parser(
             stage,
             help=DESCRIPTIONS[stage],
@@ -111,6 +120,15 @@ def parser() -> argparse.ArgumentParser:
             help="run to write or read; train, run and compare start a new one by default, score and "
             "evaluate use the newest",
         )
+        if stage == "sample-log":
+            sub.add_argument("--shape", required=True, choices=["search", "marketplace", "grid"], help="shape of the log")
+            sub.add_argument("--sessions", type=int, default=20_000, help="sessions (requests) to draw (default 20000)")
+            sub.add_argument("--seed", type=int, default=0)
+        if stage == "run":
+            sub.add_argument(
+                "--simulate", action="store_true",
+                help="write a simulated log to tables.impressions first (never done unless asked)",
+            )
         if stage == "compare":
             sub.add_argument(
                 "--report-only", action="store_true",
@@ -135,8 +153,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     spark = get_spark(config.spark)
     try:
-        if args.stage == "run":
-            run_all(config, spark, args.run_id)
+        if args.stage == "sample-log":
+            from ulr_spark.simulation.sample_logs import write_sample
+
+            print(f"sample-log: {write_sample(config, spark, args.shape, args.sessions, args.seed)}")
+        elif args.stage == "run":
+            run_all(config, spark, args.run_id, simulate=args.simulate)
         elif args.stage == "compare":
             from ulr_spark.experiments.compare import compare, write_report
             from ulr_spark.io.artifacts import check_run_id, new_run_id

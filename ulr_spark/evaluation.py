@@ -15,12 +15,15 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from ulr_spark import schema
+from ulr_spark import click_metrics, schema
 from ulr_spark.config import Config
+from ulr_spark.io.artifacts import run_artifacts
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_exists
 
 BIAS_ERROR = "bias_curve_error"
@@ -111,11 +114,87 @@ def bias_curve_error(learned: DataFrame, truth: DataFrame, slots: list[int]) -> 
     )
 
 
+SPLIT_TEST = "test"
+
+
+def heldout_click_metrics(config: Config, spark: SparkSession, artifacts) -> Optional[DataFrame]:
+    """Log-likelihood and perplexity (overall and per rank) on the test split of the examples
+    the run was trained on, for every model of the run and the two baselines fitted on its
+    training split (:mod:`ulr_spark.click_metrics`); None when the examples have no test split.
+    Columns: model, metric, position, value."""
+    card = artifacts[0].card
+    path, version = card.get("examples_path"), card.get("examples_version")
+    if not path or version is None or not table_exists(spark, path):
+        return None
+    examples = read_table(spark, path, int(version))
+    if schema.SPLIT not in examples.columns:
+        return None
+    test_examples = examples.where(F.col(schema.SPLIT) == SPLIT_TEST)
+    if not test_examples.limit(1).count():
+        return None
+    print(f"evaluate: held-out clicks of the test split of {path} (version {version}); baselines fitted on its training split")
+    train = click_metrics.entries(examples.where(F.col(schema.SPLIT) == schema.SPLIT_TRAIN)).persist()
+    test = click_metrics.entries(test_examples).persist()
+    try:
+        by_rank = click_metrics.click_rate_by_rank(train, test).withColumn(schema.MODEL, F.lit(click_metrics.CLICK_RATE_BY_RANK))
+        fitted = click_metrics.fit_pbm(train, config.evaluate.pbm_iterations)
+        pbm = click_metrics.pbm_probabilities(test, fitted).withColumn(schema.MODEL, F.lit(click_metrics.PBM_EM))
+        models = click_metrics.model_probabilities(test_examples, spark, artifacts, config.score.batch_size)
+        columns = [schema.MODEL, schema.POSITION, "sessions", "clicked", "probability"]
+        scored = models.select(*columns).unionByName(by_rank.select(*columns)).unionByName(pbm.select(*columns))
+        metrics = click_metrics.likelihood_metrics(scored).localCheckpoint()
+    finally:
+        train.unpersist()
+        test.unpersist()
+    return metrics.select(schema.MODEL, schema.METRIC, schema.POSITION, schema.VALUE)
+
+
 def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
-    """Compute, write (replacing the run's rows) and return the run's metrics."""
+    """Compute, write (replacing the run's rows) and return the run's metrics: held-out click
+    log-likelihood and perplexity when the examples have a test split, and NDCG and the
+    bias-curve error when the simulator's truth tables exist.
+
+    Raises:
+        ValueError: there is nothing to evaluate (no test split and no truth table), or the
+            scores are not finite, or none of them has a label.
+    """
+    tables = config.tables
+    run_filter = F.col(schema.RUN_ID) == run_id
+    artifacts = run_artifacts(tables.path("models"), run_id)
+    parts = []
+    clicks = heldout_click_metrics(config, spark, artifacts)
+    if clicks is not None:
+        parts.append(clicks.withColumn(schema.SPLIT, F.lit(SPLIT_TEST)))
+    if table_exists(spark, tables.path("truth_labels")):
+        parts.append(truth_metrics(config, spark, run_id))
+    if not parts:
+        raise ValueError(
+            f"evaluate: run {run_id!r} has nothing to evaluate: its examples have no test split (set "
+            "examples.split.test_days or examples.split.test_share and rebuild them) and there is no truth table at "
+            f"{tables.path('truth_labels')}; nothing was written"
+        )
+    metrics = parts[0]
+    for part in parts[1:]:
+        metrics = metrics.unionByName(part)
+    metrics = metrics.select(
+        F.lit(run_id).alias(schema.RUN_ID), schema.MODEL, schema.METRIC, schema.SPLIT, schema.POSITION,
+        F.col(schema.VALUE).cast("double"), F.current_timestamp().alias(schema.EVALUATED_AT),
+    )
+    replace_rows(
+        metrics.coalesce(1), tables.path("metrics"), "metrics", Provenance.of(config, run_id, "evaluate"),
+        f"{schema.RUN_ID} = {sql_string(run_id)}", merge_schema=True,
+    )
+    return read_table(spark, tables.path("metrics")).where(run_filter)
+
+
+def truth_metrics(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
+    """NDCG of the run's scores against the truth labels, and the bias-curve error against the
+    true curve: (model, metric, position, value, split)."""
     tables, ec = config.tables, config.evaluate
     run_filter = F.col(schema.RUN_ID) == run_id
-    scores = read_table(spark, tables.path("scores")).where(run_filter)
+    scores = read_table(spark, tables.path("scores")).where(run_filter) if table_exists(spark, tables.path("scores")) else None
+    if scores is None:
+        raise ValueError(f"evaluate: run {run_id!r} has no scores in {tables.path('scores')}; run `ulr-spark score` first")
     # A run may have scored a pair from two pairs sources: its newest score counts, once.
     scores = scores.groupBy(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID).agg(
         F.max_by(schema.SCORE, schema.SCORED_AT).alias(schema.SCORE)
@@ -132,34 +211,41 @@ def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
             f"{scores.count()} row(s), and {tables.path('truth_labels')} labels none of their (query, item) pairs "
             "(set evaluate.queries=all, or score the pairs the labels cover); nothing was written"
         )
-    metrics = ndcg(scored, ec.ndcg_at).select(schema.MODEL, schema.METRIC, schema.VALUE)
-    if table_exists(spark, tables.path("bias_curves")):
+    metrics = ndcg(scored, ec.ndcg_at).select(schema.MODEL, schema.METRIC, schema.VALUE, F.lit(ec.queries).alias(schema.SPLIT))
+    if table_exists(spark, tables.path("bias_curves")) and table_exists(spark, tables.path("truth_examination")):
         learned = read_table(spark, tables.path("bias_curves")).where(run_filter)
         truth = read_table(spark, tables.path("truth_examination"))
-        metrics = metrics.unionByName(bias_curve_error(learned, truth, ec.bias_error_slots))
-    metrics = metrics.select(
-        F.lit(run_id).alias(schema.RUN_ID), schema.MODEL, schema.METRIC, F.col(schema.VALUE).cast("double"),
-        F.current_timestamp().alias(schema.EVALUATED_AT),
-    )
-    replace_rows(
-        metrics.coalesce(1), tables.path("metrics"), "metrics", Provenance.of(config, run_id, "evaluate"),
-        f"{schema.RUN_ID} = {sql_string(run_id)}",
-    )
-    return read_table(spark, tables.path("metrics")).where(run_filter)
+        metrics = metrics.unionByName(bias_curve_error(learned, truth, ec.bias_error_slots).withColumn(schema.SPLIT, F.lit("truth")))
+    return metrics.withColumn(schema.POSITION, F.lit(None).cast("int"))
 
 
 def format_metrics(metrics: DataFrame) -> str:
-    """A readable table: one row per model, one column per metric."""
-    rows = metrics.select(schema.MODEL, schema.METRIC, schema.VALUE).collect()
+    """Readable tables: one row per model with its overall metrics (held-out log-likelihood and
+    perplexity, NDCG, bias-curve error), then the held-out perplexity per rank."""
+    has_position = schema.POSITION in metrics.columns
+    rows = metrics.select(schema.MODEL, schema.METRIC, schema.VALUE, F.col(schema.POSITION) if has_position else F.lit(None).alias(schema.POSITION)).collect()
+    overall = [r for r in rows if r[schema.POSITION] is None]
+    per_rank = [r for r in rows if r[schema.POSITION] is not None]
+
     def order(metric: str) -> tuple:
         is_ndcg = metric.startswith("ndcg@")
-        return (not is_ndcg, int(metric.split("@")[1]) if is_ndcg else 0, metric)
+        return (is_ndcg, metric != click_metrics.PERPLEXITY, int(metric.split("@")[1]) if is_ndcg else 0, metric)
 
-    names = sorted({r[schema.METRIC] for r in rows}, key=order)
-    models = sorted({r[schema.MODEL] for r in rows})
-    values = {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in rows}
-    width = max([len("model")] + [len(m) for m in models])
-    header = f"{'model':<{width}}  " + "  ".join(f"{n:>{max(len(n), 8)}}" for n in names)
+    names = sorted({r[schema.METRIC] for r in overall}, key=order)
+    values = {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in overall}
+    baselines = (click_metrics.CLICK_RATE_BY_RANK, click_metrics.PBM_EM)
+    models = sorted({r[schema.MODEL] for r in rows}, key=lambda m: (m in baselines, m))
+    tables = [_table("model", models, names, values)]
+    if per_rank:
+        ranks = sorted({r[schema.POSITION] for r in per_rank})
+        by_rank = {(r[schema.MODEL], f"rank {r[schema.POSITION]}"): r[schema.VALUE] for r in per_rank}
+        tables.append("held-out perplexity per rank\n" + _table("model", models, [f"rank {p}" for p in ranks], by_rank))
+    return "\n\n".join(tables)
+
+
+def _table(first: str, models: list[str], names: list[str], values: dict) -> str:
+    width = max([len(first)] + [len(m) for m in models])
+    header = f"{first:<{width}}  " + "  ".join(f"{n:>{max(len(n), 8)}}" for n in names)
     lines = [header, "-" * len(header)]
     for model in models:
         cells = []

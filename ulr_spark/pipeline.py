@@ -76,8 +76,13 @@ def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> A
     return result
 
 
-def run_all(config: Config, spark: SparkSession, run_id: Optional[str] = None) -> str:
+def run_all(config: Config, spark: SparkSession, run_id: Optional[str] = None, simulate: bool = False) -> str:
+    """Every stage under one run id. The log is simulated only when ``simulate`` is set: by
+    default the stages read the log ``tables.impressions`` names and never write it."""
     run_id = check_run_id(run_id) if run_id else new_run_id()
     for stage in STAGES:
+        if stage == "simulate" and not simulate:
+            print(f"== simulate skipped: reading the log at {config.tables.impressions} (pass --simulate to write one)")
+            continue
         run_stage(config, spark, stage, run_id)
     return run_id

@@ -33,6 +33,8 @@ SCORED_AT = "scored_at"
 PAIRS_SOURCE = "pairs_source"  # the pairs table a scoring run read (what a rerun of it replaces)
 POSITION = "position"
 EXAMINATION = "examination"  # relative to slot 1 of the default context
+EXAMINATION_LOW = "examination_low"  # 95% interval of the curve (Poisson bootstrap of the page sample)
+EXAMINATION_HIGH = "examination_high"
 METRIC = "metric"
 VALUE = "value"
 EVALUATED_AT = "evaluated_at"
@@ -64,16 +66,19 @@ COLUMN_COMMENTS = {
     FEATURES: "relevance features, float32: one item's (log, candidates, scores input) or slot-major "
     "max_slate_size x num_features with zero padding (examples)",
     EVENT_DATE: "day of the request (partition column of the log)",
-    SPLIT: "train (queries in the log) or heldout (queries kept out of the log, for evaluation)",
+    SPLIT: "truth tables: train (queries in the log) or heldout (queries kept out of it); examples: train, "
+    "validation (stops training early) or test (held-out clicks) requests; metrics: what was evaluated",
     LABEL: "true relevance grade 0..4 of the simulation",
     EXAMINATION: "examination probability relative to slot 1 of the default context",
+    EXAMINATION_LOW: "2.5th percentile of the examination over a Poisson bootstrap of the pages it is read on",
+    EXAMINATION_HIGH: "97.5th percentile of the examination over a Poisson bootstrap of the pages it is read on",
     EXAMINATION_ABSOLUTE: "examination probability theta of the simulation (page-averaged for context scenarios)",
     CONTEXT_KEY: "page context, e.g. device=mobile|layout=list; 'default' without context columns",
     CONTEXT_ID: "dense integer id of context_key, input of the bias tower",
     SLATE_SIZE: "filled slots of the slate, <= max_slate_size",
     ITEM_IDS: "item of each slot, padded with empty strings",
     POSITIONS: "1-based slot of each entry, 0 for padding",
-    IMPRESSIONS: "requests merged into this row: the example's weight",
+    IMPRESSIONS: "requests merged into this row: the example's weight (bias curves: training impressions of the cell)",
     CLICKS: "clicks summed over the merged requests, per entry",
     MODEL: "model name (architecture or configured variant)",
     RUN_ID: "run that wrote the row (also in the Delta commit's userMetadata)",

@@ -37,6 +37,7 @@ from pyspark.sql import types as T
 from ulr_spark import schema
 from ulr_spark.config import Config
 from ulr_spark.examples.validation import not_finite_float32
+from ulr_spark.features.encoding import FeatureEncoder
 from ulr_spark.io.artifacts import run_artifacts, weights_bytes
 from ulr_spark.io.delta import (
     AUTO_MERGE_SCHEMA,
@@ -54,6 +55,7 @@ from ulr_spark.io.delta import (
     with_retries,
 )
 from ulr_spark.io.sizing import set_shuffle_partitions, table_bytes
+from ulr_spark.io.source import read_log, source_location
 from ulr_spark.io.spark import describe_step
 from ulr_spark.models.registry import build_model
 from ulr_spark.models.spec import ModelSpec
@@ -87,7 +89,7 @@ SCORE_ARROW_SCHEMA = _score_arrow_schema()
 _WORKER_MODELS: dict[str, list] = {}
 
 
-def _models_from_broadcast(broadcast) -> list:
+def models_from_broadcast(broadcast) -> list:
     token, payload = broadcast.value
     if token not in _WORKER_MODELS:
         torch.set_num_threads(1)
@@ -137,7 +139,7 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
     broadcast = spark.sparkContext.broadcast((uuid.uuid4().hex, payload))
 
     def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        models = _models_from_broadcast(broadcast)
+        models = models_from_broadcast(broadcast)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -162,20 +164,29 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
     return columns.mapInArrow(apply, SCORE_SCHEMA)
 
 
-def pairs_to_score(config: Config, spark: SparkSession) -> tuple[DataFrame, str]:
-    """The (query, item, features) rows to score, per ``score.source``, and the path of the
-    table they come from (the run's pairs source)."""
+def pairs_to_score(config: Config, spark: SparkSession, encoder: Optional[FeatureEncoder] = None) -> tuple[DataFrame, str]:
+    """The (query, item, features) rows to score, per ``score.source``, and where they come
+    from (the run's pairs source). With the run's ``encoder`` the features are the encoded
+    vector its models were trained on, computed from the source's own columns."""
+    cols = config.columns
     if config.score.source == "candidates":
         path = config.tables.path("candidates")
-        return read_table(spark, path).select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES), path
-    cols = config.columns
-    path = config.tables.path("impressions")
-    set_shuffle_partitions(spark, table_bytes(spark, path), config.spark.shuffle_partitions)
-    log = read_table(spark, path)
+        frame = read_table(spark, path)
+        renamed = {cols.query_id: schema.QUERY_ID, cols.item_id: schema.ITEM_ID, cols.features: schema.FEATURES}
+        encoded = encoder.column(renamed) if encoder is not None else F.col(schema.FEATURES)
+        return frame.select(schema.QUERY_ID, schema.ITEM_ID, encoded.alias(schema.FEATURES)), path
+    path = source_location(config)
+    if config.source.format == "delta":
+        set_shuffle_partitions(spark, table_bytes(spark, path), config.spark.shuffle_partitions)
+    log = read_log(config, spark)
+    if encoder is not None:
+        missing = [c for c in encoder.source_columns() if c not in log.columns]
+        if missing:
+            raise ValueError(f"score: the log at {path} lacks the feature column(s) {missing} the run was trained on; nothing was written")
     pairs = log.select(
         F.col(cols.query_id).cast("string").alias(schema.QUERY_ID),
         F.col(cols.item_id).cast("string").alias(schema.ITEM_ID),
-        F.col(cols.features).alias(schema.FEATURES),
+        (encoder.column() if encoder is not None else F.col(cols.features)).alias(schema.FEATURES),
     )
     return pairs, path
 
@@ -239,8 +250,9 @@ def score(
         WriteConflictError: concurrent writers kept conflicting.
     """
     artifacts = run_artifacts(config.tables.path("models"), run_id)
+    encoder = run_encoder(artifacts)
     if pairs is None:
-        pairs, pairs_source = pairs_to_score(config, spark)
+        pairs, pairs_source = pairs_to_score(config, spark, encoder)
     elif not pairs_source:
         raise ValueError("score: pass pairs_source, the name of the pairs table, with pairs")
     assert pairs_source is not None
@@ -273,6 +285,13 @@ def score(
         rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=counts["pairs"],
         models=len(models), pairs_source=pairs_source,
     )
+
+
+def run_encoder(artifacts) -> Optional[FeatureEncoder]:
+    """The feature transform the run's models were trained with (one per run), or None for a
+    run trained on a plain features array."""
+    data = artifacts[0].card.get("feature_encoder")
+    return FeatureEncoder.from_dict(data) if data else None
 
 
 def run_source_predicate(run_id: str, pairs_source: str, models: list[str]) -> str:

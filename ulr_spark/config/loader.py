@@ -24,8 +24,10 @@ from ulr_spark.config.rules import Section, require, rule_of
 from ulr_spark.config.sections import (
     EvaluateConfig,
     ExamplesConfig,
+    FeaturesConfig,
     LogColumns,
     ScoreConfig,
+    SourceConfig,
     SparkConfig,
     TablesConfig,
     TrackingConfig,
@@ -68,7 +70,9 @@ def owned_section_model(section: str) -> type[BaseModel]:
 class Config(Section):
     spark: SparkConfig = Field(default_factory=SparkConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
     columns: LogColumns = Field(default_factory=LogColumns)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     examples: ExamplesConfig = Field(default_factory=ExamplesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
@@ -85,6 +89,15 @@ class Config(Section):
             self.examples.partitions >= self.train.num_processes,
             "examples.partitions",
             f"must be >= train.num_processes ({self.train.num_processes}) so every process reads a shard",
+        )
+        split = self.examples.split
+        require(
+            not split.test_days or bool(self.columns.event_date), "examples.split.test_days", "needs columns.event_date"
+        )
+        require(
+            bool(self.columns.features) or bool(self.features.numeric or self.features.categorical or self.features.item_id
+                                                 or self.features.query_item),
+            "columns.features", "is empty and the features: section declares none: the relevance tower needs an input",
         )
         return self
 

@@ -5,12 +5,13 @@ rule that spans keys is a validator that names the key it is about."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError, model_validator
 
-from ulr_spark.config.rules import Section, broken, mapping_as_text, require, rule_of
+from ulr_spark.config.rules import Section, broken, date_as_text, mapping_as_text, require, rule_of
 from ulr_spark.models.options import ARCHITECTURES, ModelOptions
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -51,6 +52,37 @@ class TablesConfig(Section):
         return os.path.join(root, value)
 
 
+class SourceConfig(Section):
+    """Where the impression log is read from; ulr-spark never writes to it (docs/own_logs.md).
+
+    ``tables.impressions`` names it: a Delta path (``delta``), a metastore or Unity Catalog
+    table name such as ``catalog.schema.table`` (``table``), or a folder or glob of Parquet or
+    CSV files (``parquet``, ``csv``)."""
+
+    format: Literal["delta", "table", "parquet", "csv"] = "delta"
+    # An optional SQL predicate on the log's own columns, e.g. "country = 'DE'".
+    filter: str = ""
+    # Optional event-date range on columns.event_date, both ends inclusive (YYYY-MM-DD).
+    start_date: Annotated[Optional[str], BeforeValidator(date_as_text)] = None
+    end_date: Annotated[Optional[str], BeforeValidator(date_as_text)] = None
+    # Reader options, passed through (csv: header, sep, ...; a CSV log is read with a header
+    # and inferred types unless these say otherwise).
+    options: Annotated[dict[str, str], BeforeValidator(mapping_as_text)] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _dates(self) -> SourceConfig:
+        for key in ("start_date", "end_date"):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    datetime.date.fromisoformat(value)
+                except ValueError:
+                    raise broken(key, f"must be a date YYYY-MM-DD, got {value!r}") from None
+        if self.start_date and self.end_date:
+            require(self.start_date <= self.end_date, "end_date", f"must not be before start_date ({self.start_date})")
+        return self
+
+
 class LogColumns(Section):
     """Names of the impression-log columns (docs/design.md, "The impression log")."""
 
@@ -59,17 +91,90 @@ class LogColumns(Section):
     item_id: str = "item_id"
     position: str = "position"
     clicked: str = "clicked"
-    # One array<float|double> column holding the relevance features of the shown item.
+    # One array<float|double> column holding relevance features of the shown item; "" when the
+    # log has none (features then come only from the features: section).
     features: str = "features"
     # Low-cardinality columns describing the page (device, layout, ...), inputs of the bias tower.
     context: list[str] = Field(default_factory=list)
+    # Day of the request: the source's date range and the test split by days read it.
+    event_date: str = "event_date"
+    # A grid logged as 1-based row and column (both set): the slot is (row - 1) x width + col,
+    # the width being the largest column in the log. Then ``position`` is not read.
+    row: str = ""
+    col: str = ""
 
     @model_validator(mode="after")
     def _distinct(self) -> LogColumns:
-        names = [self.request_id, self.query_id, self.item_id, self.position, self.clicked, self.features]
+        names = [self.request_id, self.query_id, self.item_id, self.clicked, self.features]
+        names += [self.row, self.col] if self.row else [self.position]
         names += list(self.context)
+        names = [n for n in names if n]
         repeated = sorted({n for n in names if names.count(n) > 1})
         require(not repeated, "", f"column names must be distinct, repeated: {repeated}")
+        require(bool(self.row) == bool(self.col), "col" if self.row else "row", "row and col must be set together")
+        return self
+
+    @property
+    def grid_from_columns(self) -> bool:
+        return bool(self.row)
+
+
+class CategoricalFeature(Section):
+    """A categorical relevance feature: embedded in the relevance tower (docs/own_logs.md)."""
+
+    column: Annotated[str, Field(min_length=1)]
+    # Either a vocabulary of at most this many distinct values (index 0: a value not seen when
+    # the examples were built, or null), an error when the log holds more ...
+    vocabulary: Optional[PositiveInt] = None
+    # ... or hashing of the value into this many buckets (collisions share an embedding).
+    buckets: Optional[PositiveInt] = None
+    # Width of the value's embedding in the relevance MLP; 0: only a learned scalar per value.
+    embedding_dim: Annotated[int, Field(ge=0)] = 8
+
+    @model_validator(mode="after")
+    def _one_encoding(self) -> CategoricalFeature:
+        require((self.vocabulary is None) != (self.buckets is None), "vocabulary", "set exactly one of vocabulary or buckets")
+        return self
+
+
+class FeaturesConfig(Section):
+    """Relevance features beyond the array column ``columns.features`` (docs/own_logs.md)."""
+
+    # Numeric columns, standardised with the log's mean and standard deviation; a null or NaN
+    # becomes the mean (0 once standardised) plus a missing-value indicator.
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[CategoricalFeature] = Field(default_factory=list)
+    # Hashed embeddings of the ids: the item, and the (query, item) pair -- what a classic click
+    # model (PBM, UBM, DBN) fits one attractiveness for.
+    item_id: bool = False
+    query_item: bool = False
+    # Hash buckets of each id feature (2^18: few collisions below ~100k distinct ids).
+    id_buckets: Annotated[int, Field(ge=2, le=2**24)] = 2**18
+    id_embedding_dim: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeaturesConfig:
+        names = list(self.numeric) + [c.column for c in self.categorical]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        require(not repeated, "numeric", f"a column may be declared once, repeated: {repeated}")
+        for c in self.categorical:
+            require(c.buckets is None or c.buckets <= 2**24, "categorical", f"{c.column}: buckets must be <= 2^24")
+        return self
+
+
+class SplitConfig(Section):
+    """The held-out split build-examples makes (docs/own_logs.md, "Held-out clicks")."""
+
+    # Test split: the last test_days days of columns.event_date, or a share of the requests
+    # chosen by a hash of the request id (at most one of the two; neither: no test split).
+    test_days: Annotated[int, Field(ge=0)] = 0
+    test_share: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Share of the other requests kept out of training to stop it early (by a hash too).
+    validation_share: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _one_test_rule(self) -> SplitConfig:
+        require(not (self.test_days and self.test_share), "test_share", "set test_days or test_share, not both")
         return self
 
 
@@ -83,6 +188,7 @@ class ExamplesConfig(Section):
     # "Examples"). The likelihood is unchanged for every model except mixem, whose E-step is
     # per list: turn it off for an exact mixem, at the price of one row per request.
     merge_identical_slates: bool = True
+    split: SplitConfig = Field(default_factory=SplitConfig)
 
 
 _MODEL_OPTIONS = TypeAdapter(ModelOptions)
@@ -126,6 +232,14 @@ class TrainConfig(Section):
     seed: int = 0
     # Slates drawn from the examples to estimate the learned examination curve.
     bias_curve_sample: PositiveInt = 20_000
+    # Poisson-bootstrap replicates of that sample for the curve's 95% interval (0: none).
+    bias_curve_bootstrap: Annotated[int, Field(ge=0)] = 50
+    # Early stopping: training ends when the validation loss has not improved for this many
+    # epochs, and the best epoch's weights are kept (0: train every epoch, keep the last).
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 3
+    # Learning rate of the embedding tables (categorical and id features), trained by Adagrad:
+    # a rarely seen id gets few updates, each of which must count.
+    embedding_learning_rate: Annotated[float, Field(gt=0)] = 0.05
 
     @model_validator(mode="after")
     def _models_are_known(self) -> TrainConfig:
@@ -160,6 +274,8 @@ class ScoreConfig(Section):
 
 
 class EvaluateConfig(Section):
+    # EM iterations of the position-based model baseline fitted on the training split.
+    pbm_iterations: PositiveInt = 30
     ndcg_at: Annotated[list[PositiveInt], Field(min_length=1)] = Field(default_factory=lambda: [1, 3, 5, 10])
     # Which queries NDCG is measured on: "heldout" (never in the log) or "all".
     queries: Literal["heldout", "all"] = "heldout"

@@ -21,9 +21,19 @@ from pyspark.sql import types as T
 from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
 from ulr_spark.examples.validation import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
-from ulr_spark.io.delta import Provenance, overwrite_table, read_table
+from ulr_spark.features.encoding import fit_encoder, with_encoder_metadata
+from ulr_spark.io.delta import Provenance, overwrite_table
 from ulr_spark.io.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
+from ulr_spark.io.source import read_log, source_location
 from ulr_spark.io.spark import describe_step
+
+# The encoded relevance features of a log row (FeatureEncoder.column) and the split of its request.
+ENCODED = "__encoded_features"
+ROW_SPLIT = "__split"
+SPLIT_TEST, SPLIT_VALIDATION = "test", "validation"
+# Seeds of the request-id hashes that draw the test and validation shares (fixed: a rerun
+# draws the same requests).
+TEST_HASH_SEED, VALIDATION_HASH_SEED = 17, 23
 
 # Below this share of (query, item) pairs logged in more than one slot, position and relevance
 # can hardly be told apart (Hager et al., 2025), and build-examples says so.
@@ -43,29 +53,39 @@ class ExamplesSummary:
     contexts: int
     share_of_pairs_in_several_slots: float
     compression: float  # requests per example row, from merging identical slates
+    split_requests: dict = None  # type: ignore[assignment]  # requests per split (train, validation, test)
+    missing_values: dict = None  # type: ignore[assignment]  # nulls and NaN imputed, per numeric column
+    grid_columns: int = 0
 
 
-def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, checks: RequestChecks) -> DataFrame:
-    """One row per request: query, context, the padded, slot-ordered slate arrays, and the
+def requests_to_slates(
+    log: DataFrame, cols: LogColumns, max_slate_size: int, checks: RequestChecks, width: int | None = None,
+    features: str | None = None,
+) -> DataFrame:
+    """One row per request: query, context, split, the padded, slot-ordered slate arrays, and the
     request's rule counts (``check_*``). This is the one pass over the log.
 
+    ``features`` names the column of each row's encoded feature vector (``width`` values;
+    default: the array column as is) and a ``__split`` column, when present, the row's split.
     Rows beyond ``max_slate_size`` are counted but not collected, so a very long request
     (infinite scroll) costs a counter, not a huge array.
     """
     k = max_slate_size
-    d = checks.num_features
+    d = checks.num_features if width is None else width
     entry = F.when(
         F.col(cols.position) <= k,
         F.struct(
             F.col(cols.position).cast("int").alias("position"),
             F.col(cols.item_id).cast("string").alias("item_id"),
-            F.col(cols.features).cast(T.ArrayType(T.FloatType())).alias("features"),
+            F.col(features or cols.features).cast(T.ArrayType(T.FloatType())).alias("features"),
             F.col(cols.clicked).cast("int").alias("clicked"),
         ),
     )
+    split = F.min(ROW_SPLIT) if ROW_SPLIT in log.columns else F.lit(schema.SPLIT_TRAIN)
     per_request = log.groupBy(F.col(cols.request_id).alias("request_id")).agg(
         # Structs sort by their first field, the position; collect_list skips the nulls.
         F.array_sort(F.collect_list(entry)).alias("slate"),
+        split.alias(schema.SPLIT),
         *checks.aggregates(),
     )
 
@@ -75,6 +95,7 @@ def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, ch
     return per_request.select(
         F.col("min_query").alias(schema.QUERY_ID),
         F.col("min_context").alias(schema.CONTEXT_KEY),
+        F.col(schema.SPLIT),
         F.size("slate").cast("int").alias(schema.SLATE_SIZE),
         padded("item_id", "''").alias(schema.ITEM_IDS),
         padded("position", "0").alias(schema.POSITIONS),
@@ -84,7 +105,7 @@ def requests_to_slates(log: DataFrame, cols: LogColumns, max_slate_size: int, ch
     )
 
 
-SLATE_KEY = [schema.QUERY_ID, schema.CONTEXT_KEY, schema.SLATE_SIZE, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES]
+SLATE_KEY = [schema.QUERY_ID, schema.CONTEXT_KEY, schema.SPLIT, schema.SLATE_SIZE, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES]
 
 
 def merge_identical_slates(slates: DataFrame, max_slate_size: int) -> DataFrame:
@@ -123,7 +144,8 @@ def context_vocabulary(examples: DataFrame) -> dict[str, int]:
 def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
     mapping = F.create_map(*[F.lit(v) for pair in vocab.items() for v in pair])
     return examples.select(
-        schema.QUERY_ID, schema.CONTEXT_KEY, mapping[F.col(schema.CONTEXT_KEY)].cast("int").alias(schema.CONTEXT_ID), schema.SLATE_SIZE,
+        schema.QUERY_ID, schema.CONTEXT_KEY, mapping[F.col(schema.CONTEXT_KEY)].cast("int").alias(schema.CONTEXT_ID), schema.SPLIT,
+        schema.SLATE_SIZE,
         schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES, schema.IMPRESSIONS, schema.CLICKS,
     )
 
@@ -157,39 +179,103 @@ def trainable_violations(totals, cols: LogColumns, max_slate_size: int, total_ro
     return found
 
 
+def grid_position(cols: LogColumns, width: int) -> F.Column:
+    """The reading-order slot of a grid cell logged as 1-based (row, col): (row - 1) x width + col."""
+    return ((F.col(cols.row).cast("long") - 1) * F.lit(width) + F.col(cols.col).cast("long")).cast("int")
+
+
+def split_column(config: Config, last_day) -> F.Column:
+    """The split of a log row: ``test`` (the last test_days days, or a hashed share of the
+    requests), else ``validation`` (a hashed share of the rest), else ``train``."""
+    split, cols = config.examples.split, config.columns
+    request = F.col(cols.request_id).cast("string")
+
+    def share(seed: int, fraction: float) -> F.Column:
+        return F.pmod(F.xxhash64(request, F.lit(seed)), F.lit(1_000_000)) < F.lit(int(round(fraction * 1_000_000)))
+
+    test = F.lit(False)
+    if split.test_days:
+        test = F.to_date(F.col(cols.event_date)) > F.date_sub(F.lit(last_day).cast("date"), split.test_days)
+    elif split.test_share:
+        test = share(TEST_HASH_SEED, split.test_share)
+    validation = share(VALIDATION_HASH_SEED, split.validation_share) if split.validation_share else F.lit(False)
+    return (
+        F.when(test, F.lit(SPLIT_TEST)).when(validation, F.lit(SPLIT_VALIDATION)).otherwise(F.lit(schema.SPLIT_TRAIN))
+    )
+
+
+def log_extent(log: DataFrame, config: Config) -> tuple[int, object]:
+    """(grid width, last event date): what the layout and the test split by days need, in one
+    aggregation, only when they are needed."""
+    cols, split = config.columns, config.examples.split
+    aggregates = []
+    if cols.grid_from_columns:
+        aggregates.append(F.max(F.col(cols.col).cast("long")).alias("width"))
+    if split.test_days:
+        aggregates.append(F.max(F.to_date(F.col(cols.event_date))).alias("last_day"))
+    if not aggregates:
+        return config.examples.grid_columns, None
+    row = log.agg(*aggregates).first()
+    width = int(row["width"] or 1) if cols.grid_from_columns else config.examples.grid_columns
+    return width, (row["last_day"] if split.test_days else None)
+
+
 def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     """Validate the log, build the examples and write them in one transaction.
 
-    The log is read once: the rules are counted inside the per-request aggregation, the
-    merged rows are cached, and nothing is written unless every rule holds.
+    The log is read (never written): the rules are counted inside the per-request aggregation,
+    the merged rows are cached, and nothing is written unless every rule holds. Fitting the
+    feature transform (numeric statistics, vocabularies) and, for a grid of rows and columns or
+    a test split by days, the log's extent add one aggregation each.
     """
-    cols, k = config.columns, config.examples.max_slate_size
+    cols, k, fc = config.columns, config.examples.max_slate_size, config.features
     describe_step(spark, "check the log's schema")
-    log = read_table(spark, config.tables.path("impressions"))
-    total = log.count()  # answered from the Delta log's file statistics, not a scan
+    log = read_log(config, spark)
+    where = source_location(config)
+    total = log.count()
     if total == 0:
-        raise InvalidLogError([Violation("<all>", "the log must not be empty", 0)], 0)
-    broken_schema = schema_violations(log, cols, total)
+        raise InvalidLogError([Violation("<all>", "the log must not be empty (after source.filter and the date range)", 0)], 0)
+    categorical_columns = tuple(c.column for c in fc.categorical)
+    broken_schema = schema_violations(log, cols, total, tuple(fc.numeric), categorical_columns)
+    if config.examples.split.test_days and cols.event_date not in log.columns:
+        broken_schema.append(Violation(cols.event_date, "required by examples.split.test_days: column is missing", total))
     if broken_schema:
         raise InvalidLogError(broken_schema, total)
 
-    set_shuffle_partitions(spark, table_bytes(spark, config.tables.path("impressions")), config.spark.shuffle_partitions)
-    checks = RequestChecks(cols, sampled_feature_length(log, cols), k)
-    slates = requests_to_slates(log, cols, k, checks)
+    if "://" in where or config.source.format == "delta":
+        set_shuffle_partitions(spark, table_bytes(spark, where), config.spark.shuffle_partitions)
+    describe_step(spark, "fit the feature transform")
+    width, last_day = log_extent(log, config)
+    if cols.grid_from_columns:
+        derived = f"{cols.row},{cols.col}"
+        log = log.withColumn(derived, grid_position(cols, width))
+        cols = cols.model_copy(update={"position": derived})
+    array_length = sampled_feature_length(log, cols)
+    encoder, missing, unfit = fit_encoder(log, cols.features, array_length, fc, cols.query_id, cols.item_id, width)
+    if unfit:
+        raise InvalidLogError([Violation(c, rule, rows) for c, rule, rows in unfit], total)
+    log = log.withColumn(ENCODED, encoder.column()).withColumn(ROW_SPLIT, split_column(config, last_day))
+    checks = RequestChecks(cols, array_length, k)
+    slates = requests_to_slates(log, cols, k, checks, encoder.width, ENCODED)
     merged = merge_identical_slates(slates, k) if config.examples.merge_identical_slates else unmerged_slates(slates)
     merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         describe_step(spark, "group requests into slates, count the rules, merge identical slates")
         check_columns = RequestChecks.count_columns(merged)
         empty = F.col(schema.SLATE_SIZE) == 0
+        in_split = {name: F.col(schema.SPLIT) == name for name in (schema.SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_TEST)}
         totals = merged.agg(
             F.sum(F.when(empty, 0).otherwise(1)).alias("examples"),
             F.sum(schema.IMPRESSIONS).alias("requests"),
             F.sum(F.when(empty, F.col(schema.IMPRESSIONS)).otherwise(0)).alias("empty_requests"),
             F.sum(F.aggregate(schema.CLICKS, F.lit(0).cast("long"), lambda acc, c: acc + c)).alias("clicks"),
+            *[F.sum(F.when(test & ~empty, F.col(schema.IMPRESSIONS)).otherwise(0)).alias(f"requests_{name}")
+              for name, test in in_split.items()],
             *[F.sum(c).alias(c) for c in check_columns],
         ).first()
+        split_requests = {name: int(totals[f"requests_{name}"] or 0) for name in in_split}
         broken = checks.violations(totals) + trainable_violations(totals, cols, k, total)
+        broken += split_violations(config, split_requests, total)
         if broken:
             raise InvalidLogError(broken, total)
         share = share_of_pairs_in_several_slots(merged)
@@ -204,16 +290,21 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
                 f"build-examples: {beyond} log row(s) sit beyond max_slate_size={k} and are not used; "
                 f"{empty_requests} request(s) have no row within it and make no example"
             )
+        for name, count in missing.items():
+            if count:
+                print(f"build-examples: numeric feature '{name}': {count} null or NaN value(s) imputed with the mean "
+                      "(and flagged by its missing-value indicator)")
         files = example_files(
-            int(totals["examples"]) * example_row_bytes(k, checks.num_features),
+            int(totals["examples"]) * example_row_bytes(k, encoder.width),
             config.train.num_processes,
             config.examples.partitions,
         )
         describe_step(spark, "write the examples")
         vocabulary = context_vocabulary(merged.where(~empty))
-        examples = with_context_ids(merged.where(~empty), vocabulary).repartition(files)
-        # The vocabulary travels inside the examples (context_id next to context_key), so one
-        # transaction writes everything the trainer needs.
+        examples = with_encoder_metadata(with_context_ids(merged.where(~empty), vocabulary), encoder).repartition(files)
+        # The context vocabulary travels inside the examples (context_id next to context_key) and
+        # the feature transform in the features column's metadata, so one transaction writes
+        # everything the trainer needs.
         overwrite_table(
             examples, config.tables.path("examples"), "examples", Provenance.of(config, run_id, "build-examples")
         )
@@ -227,8 +318,32 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         requests_beyond_max_slate=empty_requests,
         clicks=int(totals["clicks"]),
         examples=n_examples,
-        num_features=checks.num_features,
+        num_features=encoder.width,
         contexts=len(vocabulary),
         share_of_pairs_in_several_slots=share,
         compression=(requests - empty_requests) / n_examples if n_examples else 0.0,
+        split_requests=split_requests,
+        missing_values=missing,
+        grid_columns=width,
     )
+
+
+def split_violations(config: Config, split_requests: dict[str, int], total_rows: int) -> list[Violation]:
+    """A split that leaves training, or a requested test split, without a request."""
+    split, cols = config.examples.split, config.columns
+    found = []
+    rule_of_test = (
+        f"the last test_days={split.test_days} day(s)" if split.test_days else f"test_share={split.test_share} of the requests"
+    )
+    if (split.test_days or split.test_share) and not split_requests[SPLIT_TEST]:
+        found.append(Violation(
+            cols.event_date if split.test_days else cols.request_id,
+            f"the test split ({rule_of_test}) must hold at least one request; it is empty", total_rows,
+        ))
+    if not split_requests[schema.SPLIT_TRAIN] and split_requests[SPLIT_TEST] + split_requests[SPLIT_VALIDATION]:
+        found.append(Violation(
+            cols.event_date if split.test_days else cols.request_id,
+            "the training split must hold at least one request; the test and validation splits took every one",
+            total_rows,
+        ))
+    return found

@@ -43,13 +43,20 @@ class InvalidLogError(ValueError):
         )
 
 
-def _type_rule(field: T.StructField, column: str, cols: LogColumns) -> str | None:
+def _type_rule(field: T.StructField, column: str, cols: LogColumns, numeric: tuple[str, ...] = (),
+               categorical: tuple[str, ...] = ()) -> str | None:
     """The type rule a column breaks, or None."""
     dtype = field.dataType
+    if column in numeric:
+        ok = isinstance(dtype, _NUMERIC + (T.BooleanType,))
+        return None if ok else f"numeric feature must be a number or boolean, found {dtype.simpleString()}"
+    if column in categorical:
+        ok = isinstance(dtype, (T.StringType, T.BooleanType) + _INTEGRAL)
+        return None if ok else f"categorical feature must be a string, integer or boolean, found {dtype.simpleString()}"
     if column in (cols.request_id, cols.query_id, cols.item_id):
         ok = isinstance(dtype, (T.StringType,) + _INTEGRAL)
         return None if ok else f"must be a string or integer id, found {dtype.simpleString()}"
-    if column == cols.position:
+    if column in (cols.position, cols.row, cols.col):
         return None if isinstance(dtype, _INTEGRAL) else f"must be an integer slot, found {dtype.simpleString()}"
     if column == cols.clicked:
         ok = isinstance(dtype, _INTEGRAL + (T.BooleanType,))
@@ -69,28 +76,36 @@ def context_key(cols: LogColumns):
     return F.concat_ws("|", *parts)
 
 
-def schema_violations(log: DataFrame, cols: LogColumns, total_rows: int) -> list[Violation]:
-    """Missing columns and wrong types: every row breaks these, and no data pass is needed."""
-    required = [cols.request_id, cols.query_id, cols.item_id, cols.position, cols.clicked, cols.features]
-    required += list(cols.context)
+def schema_violations(
+    log: DataFrame, cols: LogColumns, total_rows: int, numeric: tuple[str, ...] = (), categorical: tuple[str, ...] = ()
+) -> list[Violation]:
+    """Missing columns and wrong types: every row breaks these, and no data pass is needed.
+    ``numeric`` and ``categorical`` are the declared feature columns."""
+    required = [cols.request_id, cols.query_id, cols.item_id, cols.clicked]
+    required += [cols.row, cols.col] if cols.grid_from_columns else [cols.position]
+    required += [cols.features] if cols.features else []
+    required += list(cols.context) + [c for c in numeric + categorical if c not in required]
     fields = {f.name: f for f in log.schema.fields}
     violations = [
         Violation(c, "required column is missing (every row lacks it)", total_rows) for c in required if c not in fields
     ]
     for c in required:
         if c in fields:
-            rule = _type_rule(fields[c], c, cols)
+            rule = _type_rule(fields[c], c, cols, numeric, categorical)
             if rule:
                 violations.append(Violation(c, rule, total_rows))
     return violations
 
 
 def sampled_feature_length(log: DataFrame, cols: LogColumns, sample_rows: int = 1000) -> int:
-    """The most common length of the features array in the first rows of the log.
+    """The most common length of the features array in the first rows of the log (0 when the
+    log has no array column).
 
     Reading a sample instead of the whole log saves a pass over it; every row whose length
     differs is then counted by :func:`row_rules`, so a wrong guess cannot go unnoticed.
     """
+    if not cols.features:
+        return 0
     lengths = (
         log.where(F.col(cols.features).isNotNull())
         .select(F.size(cols.features).alias("n"))
@@ -113,23 +128,33 @@ class RowRule(NamedTuple):
 def row_rules(cols: LogColumns, num_features: int) -> list[RowRule]:
     """The rules on single rows of the log."""
     clicked = F.col(cols.clicked).cast("int")
-    features = F.col(cols.features)
-    length = F.size(features)
-    return [
+    rules = []
+    if cols.grid_from_columns:
+        rules.append(RowRule(
+            "grid_below_1", f"{cols.row},{cols.col}", "must both be present and >= 1 (rows and columns are 1-based)",
+            F.col(cols.row).isNull() | F.col(cols.col).isNull() | (F.col(cols.row) < 1) | (F.col(cols.col) < 1),
+        ))
+    if cols.features:
+        features = F.col(cols.features)
+        length = F.size(features)
+        rules += [
+            RowRule("null_features", cols.features, "must not be null", features.isNull()),
+            RowRule(
+                "malformed_features",
+                cols.features,
+                f"must hold {num_features} values (the length of the first rows), each finite as the float32 the "
+                "trainer reads (no null, NaN, infinity or magnitude above 3.4e38)"
+                if num_features else "must not be empty: an array of no value gives the relevance tower nothing to read",
+                features.isNotNull() & ((length != num_features) | (length == 0) | F.exists(features, not_finite_float32)),
+            ),
+        ]
+    return rules + [
         RowRule("null_request_id", cols.request_id, "must not be null", F.col(cols.request_id).isNull()),
         RowRule("null_query_id", cols.query_id, "must not be null", F.col(cols.query_id).isNull()),
         RowRule("null_item_id", cols.item_id, "must not be null", F.col(cols.item_id).isNull()),
         RowRule("null_position", cols.position, "must not be null", F.col(cols.position).isNull()),
         RowRule("position_below_1", cols.position, "must be >= 1 (slots are 1-based)", F.col(cols.position) < 1),
         RowRule("clicked_not_binary", cols.clicked, "must be 0 or 1", clicked.isNull() | ~clicked.isin(0, 1)),
-        RowRule("null_features", cols.features, "must not be null", features.isNull()),
-        RowRule(
-            "malformed_features",
-            cols.features,
-            f"must hold {num_features} values (the length of the first rows), each finite as the float32 the "
-            "trainer reads (no null, NaN, infinity or magnitude above 3.4e38)",
-            features.isNotNull() & ((length != num_features) | F.exists(features, not_finite_float32)),
-        ),
     ]
 
 

@@ -33,7 +33,8 @@ class ClickModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.relevance_tower = RelevanceTower(
-            spec.num_features, spec.hidden_sizes, self.relevance_outputs(), vector=self.vector_relevance
+            spec.num_features, [] if spec.linear_relevance else spec.hidden_sizes, self.relevance_outputs(),
+            vector=self.vector_relevance, categorical_buckets=spec.categorical_buckets, embedding_dims=spec.embedding_dims,
         )
 
     def relevance_outputs(self) -> int:

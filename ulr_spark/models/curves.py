@@ -54,24 +54,55 @@ class PageSample:
 
 
 @torch.no_grad()
+def page_click_sums(model: ClickModel, pages: PageSample, context_id: int, reference_context_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per page n of ``context_id``: the expected clicks of its items placed in each slot 1..K of
+    the context [N, K], and in slot 1 of the reference context [N] (float64, unweighted)."""
+    model.eval()
+    k = model.spec.max_slate_size
+    own = pages.in_context(context_id)
+    slots = torch.arange(1, k + 1)
+    real = (own.positions > 0).to(torch.float64).unsqueeze(-1)  # [N, J, 1]
+    in_context = (model.placed_click_probability(own, context_id, slots).to(torch.float64) * real).sum(1)
+    at_reference = (model.placed_click_probability(own, reference_context_id, slots[:1]).to(torch.float64) * real).sum(1)
+    return in_context, at_reference[:, 0]
+
+
+@torch.no_grad()
 def examination_curve(
     model: ClickModel, pages: PageSample, context_id: int, reference_context_id: int = 0
 ) -> torch.Tensor:
     """Examination [K] of slots 1..K in ``context_id`` relative to slot 1 of the reference
     context, by the definition of the module docstring; NaN for every slot when the sample
     holds no page of the context. float64."""
-    model.eval()
     k = model.spec.max_slate_size
     own = pages.in_context(context_id)
     if own.features.shape[0] == 0:
         return torch.full((k,), float("nan"), dtype=torch.float64)
-    slots = torch.arange(1, k + 1)
-    real = (own.positions > 0).to(torch.float64)  # [N, J]
-    weight = own.page_weights().unsqueeze(-1) * real  # [N, J]
+    in_context, at_reference = page_click_sums(model, pages, context_id, reference_context_id)
+    w = own.page_weights()
+    return (w @ in_context) / (w @ at_reference)
 
-    def expected_clicks(placed: torch.Tensor) -> torch.Tensor:  # [N, J, S] -> [S]
-        return (placed.to(torch.float64) * weight.unsqueeze(-1)).sum((0, 1))
 
-    in_context = expected_clicks(model.placed_click_probability(own, context_id, slots))
-    at_reference = expected_clicks(model.placed_click_probability(own, reference_context_id, slots[:1]))
-    return in_context / at_reference[0]
+@torch.no_grad()
+def bootstrap_interval(
+    model: ClickModel, pages: PageSample, context_id: int, replicates: int, seed: int, reference_context_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(curve, 2.5th percentile, 97.5th percentile), each [K]: a Poisson bootstrap of the page
+    sample (each page's weight times an independent Poisson(1) draw, ``replicates`` times;
+    Hanley and MacGibbon, 2006; Chamandy et al., 2012). It measures how much the curve depends on
+    which logged pages it is averaged over, not the model's training noise. NaN without pages."""
+    k = model.spec.max_slate_size
+    own = pages.in_context(context_id)
+    nan = torch.full((k,), float("nan"), dtype=torch.float64)
+    if own.features.shape[0] == 0:
+        return nan, nan, nan
+    in_context, at_reference = page_click_sums(model, pages, context_id, reference_context_id)
+    w = own.page_weights()
+    curve = (w @ in_context) / (w @ at_reference)
+    if replicates <= 0:
+        return curve, nan, nan
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.poisson(torch.ones((replicates, w.shape[0]), dtype=torch.float64), generator=generator) * w
+    curves = (draws @ in_context) / (draws @ at_reference).unsqueeze(-1)
+    low, high = torch.nanquantile(curves, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    return curve, low, high

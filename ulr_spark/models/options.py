@@ -32,6 +32,9 @@ class ModelOptions:
     mixem_components: Annotated[int, Strict(), Field(ge=1)] = 2
     # MixEM: lists without a click get zero weight in the M-step.
     mixem_skip_unclicked: Annotated[bool, Strict()] = False
+    # A linear relevance tower (no hidden layer): with the additive model's bias table this is
+    # plain logistic regression on the features and a one-hot of the position, a cheap reference.
+    linear_relevance: Annotated[bool, Strict()] = False
     # Width of the XPA attention.
     attention_dim: Annotated[int, Strict(), Field(ge=1)] = 16
 

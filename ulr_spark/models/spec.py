@@ -26,6 +26,10 @@ class ModelSpec(ModelOptions):
     architecture: str = ""
     _: KW_ONLY
     grid_columns: int = 0  # 0: a list; n > 0: a grid n columns wide, positions in row-major order
+    # The last len(categorical_buckets) of the num_features inputs are category indices
+    # (ulr_spark.features.encoding), each field with this many values and an embedding this wide.
+    categorical_buckets: list[int] = field(default_factory=list)
+    embedding_dims: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.architecture:

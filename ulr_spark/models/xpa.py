@@ -26,7 +26,7 @@ class CrossPositionalAttentionTower(nn.Module):
     features [B, K, D], item_relevance [B, K], positions [B, K], context_ids [B] -> [B, K].
     """
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, item_width: int | None = None):
         super().__init__()
         h = spec.attention_dim
         k = spec.max_slate_size
@@ -39,7 +39,8 @@ class CrossPositionalAttentionTower(nn.Module):
         else:
             self.slot_embedding = nn.Embedding(k + 1, h)
         self.context_embedding = nn.Embedding(spec.num_contexts, h)
-        self.item_projection = nn.Linear(spec.num_features + 1, h)
+        # Items are read through the relevance tower's input (dense values and embeddings).
+        self.item_projection = nn.Linear((spec.num_features if item_width is None else item_width) + 1, h)
         self.query = nn.Linear(h, h)
         self.key = nn.Linear(h, h)
         self.value = nn.Linear(h, h)
@@ -97,13 +98,17 @@ class XPATwoTower(TwoTowerModel):
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
-        self.bias_tower = CrossPositionalAttentionTower(spec)
+        self.bias_tower = CrossPositionalAttentionTower(spec, self.relevance_tower.input_width)
+
+    def item_inputs(self, features: torch.Tensor) -> torch.Tensor:
+        """What the attention reads of each item: the relevance tower's input, detached."""
+        return self.relevance_tower.inputs(features).detach()
 
     def towers(
         self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         relevance = self.relevance(features)
-        return relevance, self.bias_tower(features, relevance, positions, context_ids)
+        return relevance, self.bias_tower(self.item_inputs(features), relevance, positions, context_ids)
 
     def combine(self, relevance: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return relevance + bias
@@ -114,5 +119,5 @@ class XPATwoTower(TwoTowerModel):
         contexts = torch.full_like(pages.context_ids, context_id)
         relevance = self.relevance(pages.features)  # [N, J]
         queries = slots.to(pages.positions.device).expand(pages.positions.shape[0], -1)
-        bias = self.bias_tower.slot_bias(pages.features, relevance, pages.positions, contexts, queries)  # [N, S]
+        bias = self.bias_tower.slot_bias(self.item_inputs(pages.features), relevance, pages.positions, contexts, queries)  # [N, S]
         return torch.sigmoid(self.combine(relevance.unsqueeze(-1), bias.unsqueeze(1)))

@@ -20,6 +20,8 @@ slots, which is what makes relevance and position identifiable (Hager et al., 20
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -28,7 +30,7 @@ from pyspark.sql import types as T
 
 from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
-from ulr_spark.io.delta import Provenance, overwrite_table, read_table
+from ulr_spark.io.delta import PROPERTY_PREFIX, Provenance, overwrite_table, read_table, table_exists, table_properties
 from ulr_spark.simulation.catalogue import SimulatedTruth, attraction, draw_catalogue
 from ulr_spark.simulation.settings import SimulateConfig, simulation_settings
 
@@ -232,9 +234,35 @@ def true_examination(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedT
     )
 
 
+def refuse_foreign_log(spark: SparkSession, config: Config) -> None:
+    """Simulate overwrites ``tables.impressions`` only when simulate wrote it (its table
+    property ``ulr_spark.stage``), or when nothing is there yet.
+
+    Raises:
+        ValueError: the log is not a Delta path, or is a table another writer made.
+    """
+    if config.source.format != "delta":
+        raise ValueError(
+            f"simulate: source.format is {config.source.format!r}; simulate writes a Delta log and never writes a "
+            "source of another format (point tables.impressions at a new path with source.format=delta)"
+        )
+    path = config.tables.path("impressions")
+    if table_exists(spark, path):
+        stage = table_properties(spark, path).get(PROPERTY_PREFIX + "stage")
+        if stage != "simulate":
+            raise ValueError(
+                f"simulate: {path} holds a Delta table that simulate did not write (its property "
+                f"{PROPERTY_PREFIX}stage is {stage!r}); ulr-spark never overwrites a log it did not simulate: point "
+                "tables.impressions (or tables.root) elsewhere"
+            )
+    elif os.path.exists(path) and os.listdir(path):
+        raise ValueError(f"simulate: {path} holds files that are not a Delta table; ulr-spark never overwrites them")
+
+
 def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]:
     """Write the impression log, the candidates and the truth tables. Returns row counts."""
     cfg, tables = simulation_settings(config), config.tables
+    refuse_foreign_log(spark, config)
     if config.columns.context:
         raise ValueError(
             "simulate: simulated logs have no context columns, but columns.context is "

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 import os
 import shutil
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -22,11 +24,12 @@ from pyspark.sql import functions as F
 
 from ulr_spark import __version__, schema
 from ulr_spark.config import Config
+from ulr_spark.features.encoding import FeatureEncoder, encoder_of_examples
 from ulr_spark.io.artifacts import Artifact, check_run_id, load_model, publish_run, read_artifact, staging_run_dir
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_version
 from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
 from ulr_spark.io.spark import describe_step
-from ulr_spark.models.curves import PageSample, examination_curve
+from ulr_spark.models.curves import PageSample, bootstrap_interval
 from ulr_spark.models.registry import MODEL_CLASSES
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.training.loaders import make_converter
@@ -36,6 +39,10 @@ from ulr_spark.training.worker import TrainJob, train_worker
 # rows are split into equal pieces before training (docs/design.md, "Training"), which adds at
 # most a quarter more rows and keeps one hot slate from dominating the step it lands in.
 HEAVY_ROW_FACTOR = 4
+# Validation slates scored after every epoch on each process: a larger validation split is
+# sampled down to about this many rows.
+VALIDATION_ROWS = 50_000
+SPLIT_VALIDATION = "validation"
 
 
 class TrainingFailedError(RuntimeError):
@@ -52,6 +59,8 @@ class ExamplesShape:
     slot_impressions: int = 0  # impressions x filled slots, summed over the rows
     # Slots the log shows in each context: the only cells an examination curve is written for.
     observed_slots: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+    # Impressions of each observed (context id, slot) cell.
+    cell_impressions: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)
 
     @property
     def heavy_row_cap(self) -> int:
@@ -79,16 +88,19 @@ def describe_examples(examples: DataFrame) -> ExamplesShape:
     if not stats["clicks"]:
         raise ValueError("train: the examples hold no click; a log without clicks cannot identify relevance or bias")
     cells = (
-        examples.select(schema.CONTEXT_ID, schema.CONTEXT_KEY, F.explode(schema.POSITIONS).alias("slot"))
+        examples.select(schema.CONTEXT_ID, schema.CONTEXT_KEY, schema.IMPRESSIONS, F.explode(schema.POSITIONS).alias("slot"))
         .where(F.col("slot") > 0)
-        .distinct()
+        .groupBy(schema.CONTEXT_ID, schema.CONTEXT_KEY, "slot")
+        .agg(F.sum(schema.IMPRESSIONS).alias("n"))
         .collect()
     )
     observed: dict[int, list[int]] = {}
     contexts: dict[int, str] = {}
+    cell_impressions: dict[tuple[int, int], int] = {}
     for r in cells:
         observed.setdefault(r[schema.CONTEXT_ID], []).append(int(r["slot"]))
         contexts[r[schema.CONTEXT_ID]] = r[schema.CONTEXT_KEY]
+        cell_impressions[(int(r[schema.CONTEXT_ID]), int(r["slot"]))] = int(r["n"])
     return ExamplesShape(
         rows=int(stats["rows"]),
         num_features=int(stats["kd"]) // int(stats["k"]),
@@ -97,6 +109,7 @@ def describe_examples(examples: DataFrame) -> ExamplesShape:
         impressions=int(stats["impressions"]),
         slot_impressions=int(stats["slot_impressions"]),
         observed_slots={c: sorted(slots) for c, slots in observed.items()},
+        cell_impressions=cell_impressions,
     )
 
 
@@ -141,18 +154,51 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
             raise TrainingFailedError(f"train: the distributed job ended without writing {job.artifact_path}; nothing was published")
 
 
-def learned_bias_curves(model_artifact: Artifact, pages: PageSample, shape: ExamplesShape, run_id: str) -> pd.DataFrame:
+def learned_bias_curves(
+    model_artifact: Artifact, pages: PageSample, shape: ExamplesShape, run_id: str, replicates: int = 0, seed: int = 0
+) -> pd.DataFrame:
     """The examination curve of every context, as rows of the bias table: only the (context,
-    slot) cells the log shows, indexed by position (:mod:`ulr_spark.models.curves`)."""
+    slot) cells the training log shows, indexed by position (:mod:`ulr_spark.models.curves`),
+    each with its training impressions and a 95% Poisson-bootstrap interval over the page
+    sample (:func:`~ulr_spark.models.curves.bootstrap_interval`; null with no replicate)."""
     model = load_model(model_artifact)
     rows = []
     for context_id, slots in sorted(shape.observed_slots.items()):
-        curve = examination_curve(model, pages, context_id).numpy()
+        curve, low, high = (t.numpy() for t in bootstrap_interval(model, pages, context_id, replicates, seed))
         for slot in slots:
             value = curve[slot - 1]
             if np.isfinite(value):
-                rows.append((model_artifact.spec.name, run_id, shape.contexts[context_id], slot, float(value)))
-    return pd.DataFrame(rows, columns=[schema.MODEL, schema.RUN_ID, schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION])
+                interval = [float(b[slot - 1]) if np.isfinite(b[slot - 1]) else None for b in (low, high)]
+                rows.append((
+                    model_artifact.spec.name, run_id, shape.contexts[context_id], slot, float(value),
+                    shape.cell_impressions.get((context_id, slot), 0), *interval,
+                ))
+    return pd.DataFrame(rows, columns=[
+        schema.MODEL, schema.RUN_ID, schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION, schema.IMPRESSIONS,
+        schema.EXAMINATION_LOW, schema.EXAMINATION_HIGH,
+    ])
+
+
+def validation_arrays(validation: DataFrame, shape: ExamplesShape, seed: int) -> Optional[dict]:
+    """The validation slates as numpy arrays (features [N, K, D], positions, context ids,
+    clicks, impressions), sampled down to about VALIDATION_ROWS rows; None when there is none.
+    Merged rows keep their weight: the loss is the same as over the requests they merge."""
+    rows = validation.count()
+    if not rows:
+        return None
+    if rows > VALIDATION_ROWS:
+        validation = validation.sample(fraction=VALIDATION_ROWS / rows, seed=seed)
+    frame = validation.select(schema.FEATURES, schema.POSITIONS, schema.CONTEXT_ID, schema.CLICKS, schema.IMPRESSIONS).toPandas()
+    if frame.empty:
+        return None
+    k, d = shape.max_slate_size, shape.num_features
+    return {
+        "features": np.stack(frame[schema.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d),
+        "positions": np.stack(frame[schema.POSITIONS].to_numpy()).astype(np.int64),
+        "context_ids": frame[schema.CONTEXT_ID].to_numpy().astype(np.int64),
+        "clicks": np.stack(frame[schema.CLICKS].to_numpy()).astype(np.float32),
+        "impressions": frame[schema.IMPRESSIONS].to_numpy().astype(np.float32),
+    }
 
 
 def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> PageSample:
@@ -178,9 +224,17 @@ def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, 
     )
 
 
-def model_spec(config: Config, name: str, shape: ExamplesShape) -> ModelSpec:
-    """The spec of a configured model name (an architecture or a named variant)."""
+def model_spec(config: Config, name: str, shape: ExamplesShape, encoder: Optional[FeatureEncoder] = None) -> ModelSpec:
+    """The spec of a configured model name (an architecture or a named variant); the feature
+    layout and the page layout come from the examples' encoder when they have one."""
     architecture, options = config.train.variant(name)
+    if encoder is not None:
+        return ModelSpec(
+            name=name, architecture=architecture, num_features=shape.num_features, max_slate_size=shape.max_slate_size,
+            num_contexts=max(shape.contexts) + 1, hidden_sizes=list(config.train.hidden_sizes),
+            grid_columns=encoder.grid_columns, categorical_buckets=encoder.categorical_buckets,
+            embedding_dims=encoder.embedding_dims, **dataclasses.asdict(options),
+        )
     return ModelSpec(
         name=name,
         architecture=architecture,
@@ -210,7 +264,14 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
     describe_step(spark, "read the shape of the examples")
     examples_path = tables.path("examples")
     version = table_version(spark, examples_path)
-    examples = read_table(spark, examples_path, version)
+    all_examples = read_table(spark, examples_path, version)
+    encoder = encoder_of_examples(all_examples)
+    # Only the training split is trained on; the validation split stops training early, and the
+    # test split is left to evaluate (examples built before splits existed are all training).
+    examples, validation = all_examples, None
+    if schema.SPLIT in all_examples.columns:
+        examples = all_examples.where(F.col(schema.SPLIT) == schema.SPLIT_TRAIN)
+        validation = all_examples.where(F.col(schema.SPLIT) == SPLIT_VALIDATION)
     shape = describe_examples(examples)
     cap = shape.heavy_row_cap
     rows = training_rows(examples, cap)
@@ -241,6 +302,12 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
         )
     layout = petastorm_layout(table_bytes(spark, examples_path), tc.num_processes, config.examples.partitions, rows)
     staging = staging_run_dir(tables.path("models"), run_id)
+    held_out = validation_arrays(validation, shape, tc.seed) if validation is not None else None
+    print(
+        f"train: {held_out['positions'].shape[0]} validation slate(s); early stopping "
+        + (f"after {tc.early_stopping_patience} epoch(s) without a better validation loss" if tc.early_stopping_patience else "off")
+        if held_out is not None else "train: no validation split (examples.split.validation_share): every epoch is trained"
+    )
     jobs = []
     for name in tc.models:
         card = {
@@ -248,6 +315,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             "model": name,
             "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "features_column": config.columns.features,
+            "feature_encoder": json.loads(encoder.to_json()) if encoder is not None else None,
             "contexts": {str(k): v for k, v in shape.contexts.items()},
             "config": config.to_dict(),
             "config_fingerprint": config.fingerprint(),
@@ -263,7 +331,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
         }
         jobs.append(
             TrainJob(
-                spec=model_spec(config, name, shape),
+                spec=model_spec(config, name, shape, encoder),
                 epochs=tc.epochs,
                 steps_per_epoch=steps,
                 batch_size=tc.batch_size,
@@ -275,6 +343,9 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 artifact_path=os.path.join(staging, name),
                 card=card,
                 loss_normaliser=normaliser,
+                validation=held_out,
+                early_stopping_patience=tc.early_stopping_patience,
+                embedding_learning_rate=tc.embedding_learning_rate,
             )
         )
     curves = []
@@ -287,7 +358,9 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             _run_distributed(spark, config, jobs, converter)
             for job in jobs:
                 if MODEL_CLASSES[job.spec.architecture].has_bias_tower:
-                    curves.append(learned_bias_curves(read_artifact(job.artifact_path), pages, shape, run_id))
+                    curves.append(learned_bias_curves(
+                        read_artifact(job.artifact_path), pages, shape, run_id, tc.bias_curve_bootstrap, tc.seed
+                    ))
         finally:
             converter.delete()
         curves = [c for c in curves if len(c)]  # a sample may hold no page of any context when the log is tiny
@@ -298,7 +371,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             )
             replace_rows(
                 bias.coalesce(1), tables.path("bias_curves"), "bias_curves", Provenance.of(config, run_id, "train", tc.models),
-                f"{schema.RUN_ID} = {sql_string(run_id)}",
+                f"{schema.RUN_ID} = {sql_string(run_id)}", merge_schema=True,
             )
         record = {"models": list(tc.models), "examples_path": examples_path, "examples_version": version}
         final = publish_run(staging, tables.path("models"), run_id, record)

@@ -9,11 +9,14 @@ return nothing the driver relies on: the artifact path is decided before the job
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 
 from ulr_spark.io.artifacts import save_artifact
@@ -42,6 +45,59 @@ class TrainJob:
     # sees per step on average (the driver's count over the examples). A batch's own count
     # would make a row's weight depend on what else landed in its batch.
     loss_normaliser: float = 1.0
+    # Validation slates (ValidationSet.arrays) and early stopping's patience in epochs (0: off).
+    validation: Optional[dict] = None
+    early_stopping_patience: int = 0
+    # Adagrad's rate for the embedding tables (categorical and id features).
+    embedding_learning_rate: float = 0.05
+
+
+class Optimizers:
+    """Adam for the dense weights and Adagrad for the embedding tables, stepped together.
+
+    Adagrad moves only the rows a batch used (a zero gradient gives a zero step), while Adam's
+    momentum keeps moving rows the batch did not touch and its per-step size (about the
+    learning rate, whatever the gradient) is far too slow for an id seen a few times per epoch.
+    """
+
+    def __init__(self, model: torch.nn.Module, embedding_params: list, job: TrainJob):
+        ids = {id(p) for p in embedding_params}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.optimizers: list[torch.optim.Optimizer] = [
+            torch.optim.Adam(dense, lr=job.learning_rate, weight_decay=job.weight_decay)
+        ]
+        if embedding_params:
+            self.optimizers.append(torch.optim.Adagrad(embedding_params, lr=job.embedding_learning_rate))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> list:
+        return [o.state_dict() for o in self.optimizers]
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, arrays: dict, device: torch.device, chunk: int = 8192) -> float:
+    """Mean negative log-likelihood per slot impression of the validation slates (the
+    training objective, in eval mode: no dropout)."""
+    was_training = model.training
+    model.eval()
+    total, weight = 0.0, 0.0
+    n = arrays["positions"].shape[0]
+    for start in range(0, n, chunk):
+        part = {k: torch.from_numpy(np.ascontiguousarray(v[start:start + chunk])).to(device) for k, v in arrays.items()}
+        loss, w = model.loss(  # type: ignore[operator]
+            part["features"], part["positions"], part["context_ids"], part["clicks"], part["impressions"]
+        )
+        total += float(loss)
+        weight += float(w)
+    model.train(was_training)
+    return total / max(weight, 1e-12)
 
 
 def _device(use_gpu: bool) -> torch.device:
@@ -51,7 +107,7 @@ def _device(use_gpu: bool) -> torch.device:
 
 
 def train_step(
-    objective: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: SlateBatch, normaliser: float
+    objective: torch.nn.Module, optimizer: torch.optim.Optimizer | Optimizers, batch: SlateBatch, normaliser: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on the batch's summed loss divided by ``normaliser``, the same
     constant for every step and process (DDP then averages the processes' gradients), so the
@@ -77,11 +133,13 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
     seed_process(job.seed, rank)
     model = build_model(job.spec).to(device)
     objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
-    optimizer = torch.optim.Adam(objective.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
+    optimizer = Optimizers(objective, model.relevance_tower.embedding_parameters(), job)
     k = job.spec.max_slate_size
 
     started = time.time()
-    history = []
+    history: list[float] = []
+    validation_history: list[float] = []
+    best_state, best_epoch, since_best = None, 0, 0
     with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed) as batches:
         for epoch in range(job.epochs):
             epoch_start = time.time()
@@ -106,16 +164,42 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
                     f"train[{job.spec.name}]: the loss is {mean_loss} in epoch {epoch + 1}; no model is saved "
                     "(check the features for extreme values, or lower train.learning_rate)"
                 )
+            stop, note = False, ""
+            if job.validation is not None:
+                # Every rank scores the same slates with the same weights; the all-reduce makes
+                # the value, and so the decision to stop, identical on every rank.
+                value = torch.tensor([validation_loss(model, job.validation, device)], dtype=torch.float64, device=device)
+                dist.all_reduce(value)
+                val = value.item() / world
+                validation_history.append(val)
+                if best_state is None or val < min(validation_history[:-1]) - 1e-7:
+                    best_state, best_epoch, since_best = copy.deepcopy(model.state_dict()), epoch + 1, 0
+                else:
+                    since_best += 1
+                stop = job.early_stopping_patience > 0 and since_best >= job.early_stopping_patience
+                note = f" validation_loss={val:.5f}" + (" (best)" if since_best == 0 else "")
             if rank == 0:
                 eta = (time.time() - started) / (epoch + 1) * (job.epochs - epoch - 1)
                 print(
-                    f"train[{job.spec.name}] epoch {epoch + 1}/{job.epochs} loss={mean_loss:.5f} "
+                    f"train[{job.spec.name}] epoch {epoch + 1}/{job.epochs} loss={mean_loss:.5f}{note} "
                     f"slates/s={totals[2].item() / max(seconds, 1e-9):,.0f} "
                     f"({totals[2].item() / world / max(seconds, 1e-9):,.0f} per process) eta={eta:.0f}s",
                     flush=True,
                 )
+            if stop:
+                if rank == 0:
+                    print(
+                        f"train[{job.spec.name}] early stop: no better validation loss for {job.early_stopping_patience} "
+                        f"epoch(s); keeping epoch {best_epoch}", flush=True,
+                    )
+                break
+    if best_state is not None and job.early_stopping_patience > 0:
+        model.load_state_dict(best_state)
     if rank == 0:
-        card = {**job.card, "loss_history": history, "world_size": world, "train_seconds": time.time() - started}
+        card = {
+            **job.card, "loss_history": history, "validation_loss_history": validation_history,
+            "best_epoch": best_epoch or len(history), "world_size": world, "train_seconds": time.time() - started,
+        }
         save_artifact(job.artifact_path, model, card)
     dist.barrier()
 
