@@ -16,7 +16,8 @@ def test_duckdb_reference_builds_the_same_examples(spark, tmp_path):
     config = small_config(
         tmp_path,
         simulate={"num_queries": 60, "num_requests": 3000, "query_popularity": "zipf", "randomised_share": 0.2},
-        examples={"max_slate_size": 8},
+        # The reference holds no split: every request trains, as in conf/scale.yaml.
+        examples={"max_slate_size": 8, "split": {"validation_share": 0.0}},
     )
     simulate(spark, config, "bench")
     summary = build_examples(config, spark, "bench")

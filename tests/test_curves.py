@@ -12,7 +12,8 @@ from ulr_spark.models.curves import PageSample
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.models.two_tower import AdditiveTwoTower, PALModel
 from ulr_spark.models.xpa import XPATwoTower
-from ulr_spark.training.driver import ExamplesShape, learned_bias_curves
+from ulr_spark.training.driver import ExamplesShape
+from ulr_spark.training.samples import learned_bias_curves
 
 K, D = 4, 3
 # Offsets b[c, p] of the slot table: padding, then slots 1..4, for contexts 0 and 1.

@@ -70,7 +70,7 @@ def test_compare_on_the_yahoo_sample_against_boosted_trees(spark, tmp_path):
             "tables": {"root": str(tmp_path)},
             "compare": {
                 "seeds": [3],
-                "baseline_rounds": 100,
+                "baseline_rounds": 40,
                 "report": str(report),
                 "plot": str(plot),
                 "scenarios": [
@@ -80,7 +80,7 @@ def test_compare_on_the_yahoo_sample_against_boosted_trees(spark, tmp_path):
                         "settings": merge_settings(SMALL, {"simulate": {"letor": {
                             "train_path": os.path.join(YAHOO, "rank.train"),
                             "test_path": os.path.join(YAHOO, "rank.test"),
-                        }}, "train": {"models": ["naive", "additive"]}}),
+                        }}, "train": {"models": ["naive", "additive"], "epochs": 5}}),
                     }
                 ],
                 "claims": [{"scenario": "yahoo_pbm", "model": "additive", "beats": "lightgbm_lambdamart"}],

@@ -171,15 +171,11 @@ def model_probabilities(test_examples: DataFrame, spark: SparkSession, artifacts
     """(model, position, sessions, clicked, probability) per filled slot of each test example
     and model of the run: sigma of the model's click logit on the logged slate (relevance and
     bias together), computed by the Python workers (``mapInArrow``)."""
-    import uuid
-
     import pyarrow as pa
 
-    from ulr_spark.io.artifacts import weights_bytes
-    from ulr_spark.scoring import models_from_broadcast
+    from ulr_spark.inference import broadcast_models, feature_matrix, models_from_broadcast
 
-    payload = [(a.spec.to_dict(), weights_bytes(a)) for a in artifacts]
-    broadcast = spark.sparkContext.broadcast((uuid.uuid4().hex, payload))
+    broadcast = broadcast_models(spark, artifacts)
     k = artifacts[0].spec.max_slate_size
     d = artifacts[0].spec.num_features
 
@@ -190,9 +186,7 @@ def model_probabilities(test_examples: DataFrame, spark: SparkSession, artifacts
             if n == 0:
                 continue
             column = {name: batch.column(name) for name in batch.schema.names}
-            features = torch.from_numpy(
-                np.asarray(column[schema.FEATURES].flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, k, d)
-            )
+            features = feature_matrix(column[schema.FEATURES], k * d).reshape(n, k, d)
             positions = torch.from_numpy(np.asarray(column[schema.POSITIONS].flatten().to_numpy(zero_copy_only=False), dtype=np.int64).reshape(n, k))
             contexts = torch.from_numpy(column[schema.CONTEXT_ID].to_numpy(zero_copy_only=False).astype(np.int64))
             clicks = np.asarray(column[schema.CLICKS].flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(n, k)

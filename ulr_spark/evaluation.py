@@ -160,9 +160,12 @@ def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
     """
     tables = config.tables
     run_filter = F.col(schema.RUN_ID) == run_id
-    artifacts = run_artifacts(tables.path("models"), run_id)
     parts = []
-    clicks = heldout_click_metrics(config, spark, artifacts)
+    try:
+        artifacts = run_artifacts(tables.path("models"), run_id)
+    except FileNotFoundError:
+        artifacts = None  # scores written without a trained run (compare's boosted-tree baselines)
+    clicks = heldout_click_metrics(config, spark, artifacts) if artifacts else None
     if clicks is not None:
         parts.append(clicks.withColumn(schema.SPLIT, F.lit(SPLIT_TEST)))
     if table_exists(spark, tables.path("truth_labels")):

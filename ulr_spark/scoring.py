@@ -21,9 +21,6 @@ count of broken pairs.
 
 from __future__ import annotations
 
-import io
-import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
@@ -38,7 +35,8 @@ from ulr_spark import schema
 from ulr_spark.config import Config
 from ulr_spark.examples.validation import not_finite_float32
 from ulr_spark.features.encoding import FeatureEncoder
-from ulr_spark.io.artifacts import run_artifacts, weights_bytes
+from ulr_spark.inference import broadcast_models, feature_matrix, models_from_broadcast
+from ulr_spark.io.artifacts import run_artifacts
 from ulr_spark.io.delta import (
     AUTO_MERGE_SCHEMA,
     CHANGE_FEED,
@@ -57,8 +55,6 @@ from ulr_spark.io.delta import (
 from ulr_spark.io.sizing import set_shuffle_partitions, table_bytes
 from ulr_spark.io.source import read_log, source_location
 from ulr_spark.io.spark import describe_step
-from ulr_spark.models.registry import build_model
-from ulr_spark.models.spec import ModelSpec
 
 SCORE_SCHEMA = T.StructType(
     [
@@ -84,49 +80,6 @@ def _score_arrow_schema():
 
 SCORE_ARROW_SCHEMA = _score_arrow_schema()
 
-# Models rebuilt in this Python worker, keyed by a token of the broadcast: one rebuild per
-# worker and scoring job, however many batches it scores.
-_WORKER_MODELS: dict[str, list] = {}
-
-
-def models_from_broadcast(broadcast) -> list:
-    token, payload = broadcast.value
-    if token not in _WORKER_MODELS:
-        torch.set_num_threads(1)
-        models = []
-        for spec_dict, blob in payload:
-            model = build_model(ModelSpec.from_dict(spec_dict))
-            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)["state_dict"]
-            model.load_state_dict(state)
-            models.append(model.eval())
-        _WORKER_MODELS.clear()
-        _WORKER_MODELS[token] = models
-    return _WORKER_MODELS[token]
-
-
-def feature_matrix(features, num_features: int) -> torch.Tensor:
-    """An Arrow list<float> column as a read-only [rows, num_features] float32 tensor over the
-    column's value buffer: no copy when the values are float32 (only read, under no_grad)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    lengths = pc.list_value_length(features)
-    broken = len(features) - pc.sum(pc.equal(lengths, num_features)).as_py() if len(features) else 0
-    if broken or features.null_count:
-        raise ValueError(
-            f"score: column '{schema.FEATURES}' must hold {num_features} values per row (the model's input), "
-            f"broken by {max(broken, features.null_count)} row(s) in a batch"
-        )
-    values = pc.list_flatten(features)
-    if values.type != pa.float32():
-        values = values.cast(pa.float32())
-    matrix = values.to_numpy(zero_copy_only=False).reshape(len(features), num_features)
-    with warnings.catch_warnings():
-        # torch warns that the buffer is not writable; the tensor is only read.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(matrix)
-
-
 def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: int) -> DataFrame:
     """(query_id, item_id, features) -> (query_id, item_id, model, score) for every model.
 
@@ -135,8 +88,7 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
     """
     import pyarrow as pa
 
-    payload = [(a.spec.to_dict(), weights_bytes(a)) for a in artifacts]
-    broadcast = spark.sparkContext.broadcast((uuid.uuid4().hex, payload))
+    broadcast = broadcast_models(spark, artifacts)
 
     def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         models = models_from_broadcast(broadcast)

@@ -189,27 +189,21 @@ def fit_encoder(
                 continue
             std = float(stats[f"std{i}"] or 0.0)
             numeric.append(NumericEncoding(name, float(stats[f"mean{i}"]), std if std > 0 else 1.0))
+    vocabularies = vocabulary_counts(log, {c.column: c.vocabulary for c in features_config.categorical if c.vocabulary is not None})
     categorical: list[CategoricalEncoding] = []
     for c in features_config.categorical:
         if c.buckets is not None:
             categorical.append(CategoricalEncoding(c.column, (c.column,), "hash", c.buckets, c.embedding_dim))
             continue
-        counts = (
-            log.where(F.col(c.column).isNotNull())
-            .groupBy(F.col(c.column).cast("string").alias("value"))
-            .agg(F.count(F.lit(1)).alias("n"))
-        )
-        top = counts.orderBy(F.desc("n"), "value").limit(c.vocabulary + 1).collect()
-        if len(top) > c.vocabulary:
-            distinct = counts.count()
-            rows = log.where(F.col(c.column).isNotNull()).count()
+        distinct, rows, counts = vocabularies[c.column]
+        if distinct > c.vocabulary:
             broken.append((
                 c.column,
                 f"categorical feature has {distinct} distinct values, more than its vocabulary={c.vocabulary} allows "
                 f"(raise vocabulary, or set buckets to hash it)", rows,
             ))
             continue
-        values = tuple(r["value"] for r in top)
+        values = tuple(sorted(counts, key=lambda v: (-counts[v], v)))
         categorical.append(CategoricalEncoding(c.column, (c.column,), "vocabulary", len(values) + 1, c.embedding_dim, values))
     buckets, dim = features_config.id_buckets, features_config.id_embedding_dim
     if features_config.item_id:
@@ -221,6 +215,36 @@ def fit_encoder(
         grid_columns=grid_columns,
     )
     return encoder, missing, broken
+
+
+def vocabulary_counts(log: DataFrame, limits: dict[str, int]) -> dict[str, tuple[int, int, dict[str, int]]]:
+    """Per column: (distinct non-null values, non-null rows, rows per value), in one pass over
+    the log for all columns (values as text). The rows per value are collected only for a
+    column within its limit (its vocabulary size); otherwise the dict is empty."""
+    if not limits:
+        return {}
+    columns = list(limits)
+    cells = F.array(*[F.struct(F.lit(i).alias("f"), F.col(c).cast("string").alias("value")) for i, c in enumerate(columns)])
+    counted = (
+        log.select(F.explode(cells).alias("e")).where(F.col("e.value").isNotNull())
+        .groupBy(F.col("e.f").alias("f"), F.col("e.value").alias("value")).agg(F.count(F.lit(1)).alias("n"))
+        .persist()
+    )
+    try:
+        totals = {
+            r["f"]: (int(r["distinct"]), int(r["rows"]))
+            for r in counted.groupBy("f").agg(F.count(F.lit(1)).alias("distinct"), F.sum("n").alias("rows")).collect()
+        }
+        out = {}
+        for i, column in enumerate(columns):
+            distinct, rows = totals.get(i, (0, 0))
+            counts: dict[str, int] = {}
+            if 0 < distinct <= limits[column]:
+                counts = {r["value"]: int(r["n"]) for r in counted.where(F.col("f") == i).select("value", "n").collect()}
+            out[column] = (distinct, rows, counts)
+        return out
+    finally:
+        counted.unpersist()
 
 
 def encoder_of_examples(examples: DataFrame, features_column: str = "features") -> Optional[FeatureEncoder]:

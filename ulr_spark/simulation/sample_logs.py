@@ -6,7 +6,7 @@ own column names, and returns it with the truth that a real log never has: the e
 curve and the true relevance of each (query, item) pair.
 
 - ``search``: ids only (session, query, url, rank, click, day); clicks from a position-based
-  model, P(click) = alpha_qd theta_r, with alpha_qd ~ Beta(0.6, 2) and a logging ranker that
+  model, P(click) = alpha_qd theta_r, with alpha_qd ~ Beta(0.5, 2.5) and a logging ranker that
   sorts by logit(alpha) plus noise, so pairs are shown at several ranks.
 - ``marketplace``: eight numeric columns on scales from 0.01 to 10,000 (some with nulls and
   NaN), three categorical columns, and the device as page context; relevance is a function of
@@ -55,15 +55,15 @@ def _show(rng, scores: np.ndarray, noise: float, shown: int) -> np.ndarray:
 
 
 def search_log(sessions: int = 20_000, queries: int = 400, docs: int = 20, shown: int = 10, days: int = 10,
-               seed: int = 0) -> SampleLog:
+               seed: int = 0, logging_noise: float = 1.0) -> SampleLog:
     rng = np.random.default_rng(seed)
     theta = 1.0 / np.arange(1, shown + 1) ** 0.8
-    alpha = rng.beta(0.6, 2.0, size=(queries, docs))
+    alpha = rng.beta(0.5, 2.5, size=(queries, docs))
     logit = np.log(alpha / (1 - alpha))
     query_of = _sessions(rng, queries, sessions, 1.0)
     rows = []
     for s, q in enumerate(query_of):
-        order = _show(rng, logit[q], 1.0, shown)
+        order = _show(rng, logit[q], logging_noise, shown)
         clicks = rng.random(shown) < alpha[q, order] * theta
         day = FIRST_DAY + datetime.timedelta(days=int(s * days // sessions))
         for r, (d, c) in enumerate(zip(order, clicks)):
@@ -173,7 +173,7 @@ def write_sample_log(shape: str, log_path: str, sessions: int, seed: int = 0) ->
     import os
     import shutil
 
-    sample = GENERATORS[shape](sessions=sessions, seed=seed)
+    sample: SampleLog = GENERATORS[shape](sessions=sessions, seed=seed)  # type: ignore[operator]
     if os.path.exists(log_path):
         shutil.rmtree(log_path)
     os.makedirs(log_path)

@@ -16,7 +16,6 @@ import shutil
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import torch
 from pyspark.sql import DataFrame, SparkSession
@@ -25,23 +24,20 @@ from pyspark.sql import functions as F
 from ulr_spark import __version__, schema
 from ulr_spark.config import Config
 from ulr_spark.features.encoding import FeatureEncoder, encoder_of_examples
-from ulr_spark.io.artifacts import Artifact, check_run_id, load_model, publish_run, read_artifact, staging_run_dir
+from ulr_spark.io.artifacts import check_run_id, publish_run, read_artifact, staging_run_dir
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_version
 from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
 from ulr_spark.io.spark import describe_step
-from ulr_spark.models.curves import PageSample, bootstrap_interval
 from ulr_spark.models.registry import MODEL_CLASSES
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.training.loaders import make_converter
+from ulr_spark.training.samples import learned_bias_curves, sample_pages, validation_arrays
 from ulr_spark.training.worker import TrainJob, train_worker
 
 # A training row carries at most this many times the mean row's impressions: heavier merged
 # rows are split into equal pieces before training (docs/design.md, "Training"), which adds at
 # most a quarter more rows and keeps one hot slate from dominating the step it lands in.
 HEAVY_ROW_FACTOR = 4
-# Validation slates scored after every epoch on each process: a larger validation split is
-# sampled down to about this many rows.
-VALIDATION_ROWS = 50_000
 SPLIT_VALIDATION = "validation"
 
 
@@ -152,76 +148,6 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
     for job in jobs:
         if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
             raise TrainingFailedError(f"train: the distributed job ended without writing {job.artifact_path}; nothing was published")
-
-
-def learned_bias_curves(
-    model_artifact: Artifact, pages: PageSample, shape: ExamplesShape, run_id: str, replicates: int = 0, seed: int = 0
-) -> pd.DataFrame:
-    """The examination curve of every context, as rows of the bias table: only the (context,
-    slot) cells the training log shows, indexed by position (:mod:`ulr_spark.models.curves`),
-    each with its training impressions and a 95% Poisson-bootstrap interval over the page
-    sample (:func:`~ulr_spark.models.curves.bootstrap_interval`; null with no replicate)."""
-    model = load_model(model_artifact)
-    rows = []
-    for context_id, slots in sorted(shape.observed_slots.items()):
-        curve, low, high = (t.numpy() for t in bootstrap_interval(model, pages, context_id, replicates, seed))
-        for slot in slots:
-            value = curve[slot - 1]
-            if np.isfinite(value):
-                interval = [float(b[slot - 1]) if np.isfinite(b[slot - 1]) else None for b in (low, high)]
-                rows.append((
-                    model_artifact.spec.name, run_id, shape.contexts[context_id], slot, float(value),
-                    shape.cell_impressions.get((context_id, slot), 0), *interval,
-                ))
-    return pd.DataFrame(rows, columns=[
-        schema.MODEL, schema.RUN_ID, schema.CONTEXT_KEY, schema.POSITION, schema.EXAMINATION, schema.IMPRESSIONS,
-        schema.EXAMINATION_LOW, schema.EXAMINATION_HIGH,
-    ])
-
-
-def validation_arrays(validation: DataFrame, shape: ExamplesShape, seed: int) -> Optional[dict]:
-    """The validation slates as numpy arrays (features [N, K, D], positions, context ids,
-    clicks, impressions), sampled down to about VALIDATION_ROWS rows; None when there is none.
-    Merged rows keep their weight: the loss is the same as over the requests they merge."""
-    rows = validation.count()
-    if not rows:
-        return None
-    if rows > VALIDATION_ROWS:
-        validation = validation.sample(fraction=VALIDATION_ROWS / rows, seed=seed)
-    frame = validation.select(schema.FEATURES, schema.POSITIONS, schema.CONTEXT_ID, schema.CLICKS, schema.IMPRESSIONS).toPandas()
-    if frame.empty:
-        return None
-    k, d = shape.max_slate_size, shape.num_features
-    return {
-        "features": np.stack(frame[schema.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d),
-        "positions": np.stack(frame[schema.POSITIONS].to_numpy()).astype(np.int64),
-        "context_ids": frame[schema.CONTEXT_ID].to_numpy().astype(np.int64),
-        "clicks": np.stack(frame[schema.CLICKS].to_numpy()).astype(np.float32),
-        "impressions": frame[schema.IMPRESSIONS].to_numpy().astype(np.float32),
-    }
-
-
-def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, seed: int) -> PageSample:
-    """About ``sample_slates`` logged slates to read the learned curves on, drawn in proportion
-    to their impressions (a row of n impressions with probability min(1, n q)) and weighted by
-    n over that probability, so weighted sums estimate sums over every impression of the log."""
-    q = sample_slates / max(shape.impressions, 1)
-    chance = F.least(F.lit(1.0), F.col(schema.IMPRESSIONS) * F.lit(q))
-    rows = (
-        examples.withColumn("chance", chance)
-        .where(F.rand(seed) < F.col("chance"))
-        .select(schema.POSITIONS, schema.FEATURES, schema.CONTEXT_ID, (F.col(schema.IMPRESSIONS) / F.col("chance")).alias("weight"))
-        .toPandas()
-    )
-    k, d = shape.max_slate_size, shape.num_features
-    if rows.empty:
-        return PageSample(torch.zeros((0, k, d)), torch.zeros((0, k), dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0))
-    return PageSample(
-        features=torch.from_numpy(np.stack(rows[schema.FEATURES].to_numpy()).astype(np.float32).reshape(-1, k, d)),
-        positions=torch.from_numpy(np.stack(rows[schema.POSITIONS].to_numpy()).astype(np.int64)),
-        context_ids=torch.from_numpy(rows[schema.CONTEXT_ID].to_numpy().astype(np.int64)),
-        weights=torch.from_numpy(rows["weight"].to_numpy().astype(np.float64)),
-    )
 
 
 def model_spec(config: Config, name: str, shape: ExamplesShape, encoder: Optional[FeatureEncoder] = None) -> ModelSpec:
