@@ -12,13 +12,13 @@ from pyspark.sql import functions as F
 from tests.conftest import small_config
 from ulr_spark import click_metrics, schema
 from ulr_spark.evaluation import ndcg
-from ulr_spark.examples.slates import build_examples
+from ulr_spark.examples.slates import build_examples, split_column
 from ulr_spark.examples.validation import InvalidLogError
 from ulr_spark.features.encoding import encoder_of_examples
 from ulr_spark.io.delta import Provenance, overwrite_table, read_table, table_version
 from ulr_spark.io.source import SourceNotFoundError, read_log
 from ulr_spark.pipeline import run_all, run_stage
-from ulr_spark.simulation.sample_logs import marketplace_log, search_log, write_sample_log
+from ulr_spark.simulation.sample_logs import search_log, write_sample_log
 
 SEARCH_COLUMNS = {
     "request_id": "session_id", "query_id": "query", "item_id": "url", "position": "rank", "clicked": "click",
@@ -145,8 +145,12 @@ def test_marketplace_log_of_numeric_and_categorical_columns_beats_naive(spark, t
     assert summary.missing_values["shipping_days"] == int(log["shipping_days"].isna().sum()) > 0
     assert summary.split_requests["test"] > 0 and summary.split_requests["train"] > 0
     encoder = encoder_of_examples(read_table(spark, config.tables.path("examples")))
+    # Standardised with the training rows' statistics (the split as build-examples draws it).
+    raw = read_log(config, spark)
+    training = raw.where(split_column(config, raw.agg(F.max(F.to_date(F.col("dt")))).first()[0]) == schema.SPLIT_TRAIN)
     price = next(n for n in encoder.numeric if n.column == "price")
-    assert price.mean == pytest.approx(log["price"].mean(), rel=1e-6)
+    assert price.mean == pytest.approx(training.agg(F.avg("price")).first()[0], rel=1e-9)
+    assert price.mean != pytest.approx(log["price"].mean(), rel=1e-6)
     for stage in ("train", "score"):
         run_stage(config, spark, stage, "own-market")
 
@@ -196,7 +200,7 @@ def _market_config(root, **sections):
         ({"price": lambda r, p: f"{p}"}, {}, "price", "numeric feature must be a number"),
         ({"vec": lambda r, p: []}, {}, "vec", "must not be empty"),
         ({}, {"features": {"categorical": [{"column": "kind", "vocabulary": 2}]}}, "kind", "has 3 distinct values, more than its vocabulary=2"),
-        ({"price": lambda r, p: None}, {}, "price", "entirely null"),
+        ({"price": lambda r, p: None}, {}, "price", "entirely null, NaN or infinite"),
         ({}, {"examples": {"split": {"test_days": 6, "validation_share": 0.0}}}, "day", "training split must hold at least one request"),
         ({}, {"examples": {"split": {"test_share": 0.0001, "validation_share": 0.0}}}, "rid", "test split (test_share=0.0001 of the requests) must hold"),
     ],

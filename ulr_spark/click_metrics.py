@@ -99,6 +99,7 @@ def fit_pbm(train: DataFrame, iterations: int) -> tuple[DataFrame, dict[str, flo
     totals = cells.groupBy(_cell_key(F.col(schema.CONTEXT_KEY), F.col(schema.POSITION)).alias("cell")).agg(F.sum("n").alias("n")).collect()
     cell_sessions = {r["cell"]: float(r["n"]) for r in totals}
     gamma = {cell: 0.5 for cell in cell_sessions}
+    previous = pairs
     for _ in range(iterations):
         table = F.create_map(*[F.lit(v) for cell, g in gamma.items() for v in (cell, g)])
 
@@ -115,6 +116,8 @@ def fit_pbm(train: DataFrame, iterations: int) -> tuple[DataFrame, dict[str, flo
         ).localCheckpoint()
         sums = step.select(F.explode("examined").alias("e")).groupBy("e.cell").agg(F.sum("e.x").alias("x")).collect()
         gamma = {r["cell"]: min(1.0, float(r["x"]) / cell_sessions[r["cell"]]) for r in sums}
+        previous.unpersist()
+        previous = step
         pairs = step.select(schema.QUERY_ID, schema.ITEM_ID, "cells", "n", F.col("next_alpha").alias("alpha"))
     weighted = pairs.agg((F.sum(F.col("n") * F.col("alpha")) / F.sum("n")).alias("a")).first()["a"]
     total = sum(cell_sessions.values())
@@ -134,10 +137,12 @@ def pbm_probabilities(test: DataFrame, fitted: tuple[DataFrame, dict[str, float]
     )
 
 
-def likelihood_metrics(scored: DataFrame) -> DataFrame:
+def likelihood_metrics(scored: DataFrame, test_sessions: float | None = None) -> DataFrame:
     """(model, sessions, clicked, position, probability) entries -> (model, metric, position,
     value, sessions): log-likelihood and perplexity overall (position null) and perplexity per
-    rank, as the module docstring defines them."""
+    rank, as the module docstring defines them. ``test_sessions`` is |S|, the number of test
+    sessions; by default the sessions of the rank shown most often (every session when each
+    shows rank 1)."""
     p = F.least(F.greatest(F.col("probability"), F.lit(CLIP)), F.lit(1 - CLIP))
     ln = F.col("clicked") * F.log(p) + (F.col("sessions") - F.col("clicked")) * F.log(1 - p)
     per_rank = scored.groupBy(schema.MODEL, schema.POSITION).agg(F.sum(ln).alias("ln"), F.sum("sessions").alias("n"))
@@ -147,7 +152,9 @@ def likelihood_metrics(scored: DataFrame) -> DataFrame:
     )
     overall = perplexity.groupBy(schema.MODEL).agg(F.avg(schema.VALUE).alias(schema.VALUE), F.max("sessions").alias("sessions"))
     # Sessions: those showing rank 1 (every session shows it unless slot 1 was filtered out).
-    sessions = per_rank.groupBy(schema.MODEL).agg(F.sum("ln").alias("ln"), F.max("n").alias("n"))
+    sessions = per_rank.groupBy(schema.MODEL).agg(
+        F.sum("ln").alias("ln"), (F.lit(float(test_sessions)) if test_sessions else F.max("n")).alias("n")
+    )
     return perplexity.unionByName(
         overall.select(schema.MODEL, F.lit(PERPLEXITY).alias(schema.METRIC), F.lit(None).cast("int").alias(schema.POSITION), schema.VALUE, "sessions")
     ).unionByName(

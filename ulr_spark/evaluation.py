@@ -142,7 +142,8 @@ def heldout_click_metrics(config: Config, spark: SparkSession, artifacts) -> Opt
         models = click_metrics.model_probabilities(test_examples, spark, artifacts, config.score.batch_size)
         columns = [schema.MODEL, schema.POSITION, "sessions", "clicked", "probability"]
         scored = models.select(*columns).unionByName(by_rank.select(*columns)).unionByName(pbm.select(*columns))
-        metrics = click_metrics.likelihood_metrics(scored).localCheckpoint()
+        sessions = test_examples.agg(F.sum(schema.IMPRESSIONS)).first()[0]
+        metrics = click_metrics.likelihood_metrics(scored, float(sessions)).localCheckpoint()
     finally:
         train.unpersist()
         test.unpersist()

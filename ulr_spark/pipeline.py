@@ -44,7 +44,9 @@ def _track(config: Config, stage: str, run_id: str, result: Any) -> None:
     if stage == "train":
         tracking.log_training(config, run_id, [read_artifact(path) for path in result])
     elif stage == "evaluate":
-        tracking.log_metrics(config, run_id, {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in result.collect()})
+        rows = result.collect()
+        overall = [r for r in rows if schema.POSITION not in r.asDict() or r[schema.POSITION] is None]
+        tracking.log_metrics(config, run_id, {(r[schema.MODEL], r[schema.METRIC]): r[schema.VALUE] for r in overall})
 
 
 def _simulate(config: Config, spark: SparkSession, run_id: str) -> object:

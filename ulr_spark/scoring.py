@@ -125,6 +125,10 @@ def pairs_to_score(config: Config, spark: SparkSession, encoder: Optional[Featur
         path = config.tables.path("candidates")
         frame = read_table(spark, path)
         renamed = {cols.query_id: schema.QUERY_ID, cols.item_id: schema.ITEM_ID, cols.features: schema.FEATURES}
+        if encoder is not None:
+            missing = [c for c in encoder.source_columns() if renamed.get(c, c) not in frame.columns]
+            if missing:
+                raise ValueError(f"score: {path} lacks the feature column(s) {missing} the run was trained on; nothing was written")
         encoded = encoder.column(renamed) if encoder is not None else F.col(schema.FEATURES)
         return frame.select(schema.QUERY_ID, schema.ITEM_ID, encoded.alias(schema.FEATURES)), path
     path = source_location(config)

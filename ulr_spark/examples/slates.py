@@ -242,7 +242,7 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     if broken_schema:
         raise InvalidLogError(broken_schema, total)
 
-    if "://" in where or config.source.format == "delta":
+    if config.source.format == "delta":
         set_shuffle_partitions(spark, table_bytes(spark, where), config.spark.shuffle_partitions)
     describe_step(spark, "fit the feature transform")
     width, last_day = log_extent(log, config)
@@ -251,10 +251,14 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         log = log.withColumn(derived, grid_position(cols, width))
         cols = cols.model_copy(update={"position": derived})
     array_length = sampled_feature_length(log, cols)
-    encoder, missing, unfit = fit_encoder(log, cols.features, array_length, fc, cols.query_id, cols.item_id, width)
+    log = log.withColumn(ROW_SPLIT, split_column(config, last_day))
+    # Fitted on the training rows only: a value first seen in validation or test is out of
+    # vocabulary there, as it would be for a model serving new data.
+    training = F.col(ROW_SPLIT) == schema.SPLIT_TRAIN
+    encoder, missing, unfit = fit_encoder(log, cols.features, array_length, fc, cols.query_id, cols.item_id, width, training)
     if unfit:
         raise InvalidLogError([Violation(c, rule, rows) for c, rule, rows in unfit], total)
-    log = log.withColumn(ENCODED, encoder.column()).withColumn(ROW_SPLIT, split_column(config, last_day))
+    log = log.withColumn(ENCODED, encoder.column())
     checks = RequestChecks(cols, array_length, k)
     slates = requests_to_slates(log, cols, k, checks, encoder.width, ENCODED)
     merged = merge_identical_slates(slates, k) if config.examples.merge_identical_slates else unmerged_slates(slates)

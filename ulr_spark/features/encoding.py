@@ -132,11 +132,9 @@ class FeatureEncoder:
         scalars: list[Column] = []
         for n in self.numeric:
             value = col(n.column).cast("double")
-            missing = value.isNull() | F.isnan(value)
-            scalars.append(F.when(missing, F.lit(0.0)).otherwise((value - F.lit(n.mean)) / F.lit(n.std)))
+            scalars.append(F.when(missing_number(value), F.lit(0.0)).otherwise((value - F.lit(n.mean)) / F.lit(n.std)))
         for n in self.numeric:
-            value = col(n.column).cast("double")
-            scalars.append((value.isNull() | F.isnan(value)).cast("double"))
+            scalars.append(missing_number(col(n.column).cast("double")).cast("double"))
         if self.array_length + 2 * len(self.numeric) == 0:
             scalars.append(F.lit(0.0))
         for c in self.categorical:
@@ -144,6 +142,12 @@ class FeatureEncoder:
         if scalars:
             parts.append(F.array(*[s.cast("float") for s in scalars]))
         return parts[0] if len(parts) == 1 else F.concat(*parts)
+
+
+def missing_number(value: Column) -> Column:
+    """Null, NaN or infinite: imputed with the mean and flagged (an infinite value would make
+    the column's mean and deviation meaningless)."""
+    return value.isNull() | F.isnan(value) | (F.abs(value) == F.lit(float("inf")))
 
 
 def category_index(field_: CategoricalEncoding, columns: list[Column]) -> Column:
@@ -159,12 +163,15 @@ def category_index(field_: CategoricalEncoding, columns: list[Column]) -> Column
 
 def fit_encoder(
     log: DataFrame, array_column: str, array_length: int, features_config, query_column: str, item_column: str,
-    grid_columns: int,
+    grid_columns: int, fit_rows: Optional[Column] = None,
 ) -> tuple[FeatureEncoder, dict[str, int], list[tuple[str, str, int]]]:
-    """Fit the transform on the log: numeric means and deviations (one aggregation) and the
-    vocabularies (one aggregation per vocabulary column).
+    """Fit the transform on the rows of the log where ``fit_rows`` holds (all by default; the
+    training split in build-examples): numeric means and deviations (one aggregation, which
+    also counts the missing values of every row) and the vocabularies (one aggregation for all
+    vocabulary columns).
 
-    Returns (encoder, missing values per numeric column, broken rules as (column, rule, rows)):
+    Returns (encoder, missing values per numeric column over the whole log, broken rules as
+    (column, rule, rows)):
     a numeric column with no value at all, or a vocabulary column with more distinct values
     than its ``vocabulary`` allows.
     """
@@ -173,23 +180,26 @@ def fit_encoder(
     missing: dict[str, int] = {}
     if features_config.numeric:
         aggregates = []
+        fitted = F.lit(True) if fit_rows is None else fit_rows
         for i, name in enumerate(features_config.numeric):
             value = F.col(name).cast("double")
-            present = F.when(~(value.isNull() | F.isnan(value)), value)
+            present = F.when(~missing_number(value), value)
             aggregates += [
-                F.avg(present).alias(f"mean{i}"),
-                F.stddev_pop(present).alias(f"std{i}"),
+                F.avg(F.when(fitted, present)).alias(f"mean{i}"),
+                F.stddev_pop(F.when(fitted, present)).alias(f"std{i}"),
                 F.sum(F.when(present.isNull(), 1).otherwise(0)).alias(f"missing{i}"),
             ]
-        stats = log.agg(F.count(F.lit(1)).alias("rows"), *aggregates).first()
+        stats = log.agg(F.sum(F.when(fitted, 1).otherwise(0)).alias("rows"), *aggregates).first()
         for i, name in enumerate(features_config.numeric):
             missing[name] = int(stats[f"missing{i}"] or 0)
             if stats[f"mean{i}"] is None:
-                broken.append((name, "numeric feature must hold at least one value (it is entirely null or NaN)", int(stats["rows"])))
+                rule = "numeric feature must hold at least one finite value in the training split (it is entirely null, NaN or infinite there)"
+                broken.append((name, rule, int(stats["rows"])))
                 continue
             std = float(stats[f"std{i}"] or 0.0)
             numeric.append(NumericEncoding(name, float(stats[f"mean{i}"]), std if std > 0 else 1.0))
-    vocabularies = vocabulary_counts(log, {c.column: c.vocabulary for c in features_config.categorical if c.vocabulary is not None})
+    limits = {c.column: c.vocabulary for c in features_config.categorical if c.vocabulary is not None}
+    vocabularies = vocabulary_counts(log if fit_rows is None else log.where(fit_rows), limits)
     categorical: list[CategoricalEncoding] = []
     for c in features_config.categorical:
         if c.buckets is not None:

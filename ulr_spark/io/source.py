@@ -8,7 +8,7 @@ reads the log (build-examples, score from impressions) sees the same rows.
 
 from __future__ import annotations
 
-import os
+import glob
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -41,7 +41,7 @@ def read_log(config: Config, spark: SparkSession) -> DataFrame:
             raise SourceNotFoundError(f"source: table {where!r} (tables.impressions, source.format=table) does not exist")
         log = spark.read.table(where)
     else:
-        if "://" not in where and not os.path.exists(where.split("*")[0].rstrip("/") or "/"):
+        if "://" not in where and not glob.glob(where):
             raise SourceNotFoundError(f"source: {where} (tables.impressions, source.format={source.format}) does not exist")
         reader = spark.read.format(source.format)
         if source.format == "csv":

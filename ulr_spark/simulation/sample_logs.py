@@ -10,7 +10,7 @@ curve and the true relevance of each (query, item) pair.
   sorts by logit(alpha) plus noise, so pairs are shown at several ranks.
 - ``marketplace``: eight numeric columns on scales from 0.01 to 10,000 (some with nulls and
   NaN), three categorical columns, and the device as page context; relevance is a function of
-  the features, examination is steeper on mobile.
+  the features (not of the photos, which the logging ranker rewards), examination is steeper on mobile.
 - ``grid``: a 4 x 3 grid logged as row and column, an array of item embeddings and a brand.
 """
 
@@ -23,6 +23,9 @@ import numpy as np
 import pandas as pd
 
 SHAPES = ("search", "marketplace", "grid")
+# sample-log writes this empty file into the folder of each log it writes, and replaces only a
+# folder that holds it: a user's own log is never deleted.
+SAMPLE_MARKER = "_ULR_SPARK_SAMPLE_LOG"
 FIRST_DAY = datetime.date(2026, 1, 1)
 
 
@@ -106,12 +109,12 @@ def marketplace_log(sessions: int = 20_000, queries: int = 200, listings: int = 
     discount_logged[rng.random(n) < 0.05] = np.nan
     theta = {"device=desktop": 1.0 / np.arange(1, shown + 1) ** 0.6, "device=mobile": 0.9 / np.arange(1, shown + 1) ** 1.1}
     query_of = _sessions(rng, queries, sessions, 0.8)
-    # The logging ranker knows some of the relevance, and rewards a low price (a distractor that
-    # relevance weighs less) more: a naive model learns the distractor from the position.
-    logging = 0.5 * relevance - 1.2 * z(np.log(price))
+    # The logging ranker knows some of the relevance, and rewards the number of photos, which
+    # relevance ignores (a distractor): a naive model learns it from the position.
+    logging = 0.6 * relevance + 1.0 * z(photos)
     rows = []
     for s, q in enumerate(query_of):
-        items = q * listings + _show(rng, logging[q * listings:(q + 1) * listings], 0.5, shown)
+        items = q * listings + _show(rng, logging[q * listings:(q + 1) * listings], 1.0, shown)
         device = "mobile" if rng.random() < 0.6 else "desktop"
         clicks = rng.random(shown) < attract[items] * theta[f"device={device}"]
         day = FIRST_DAY + datetime.timedelta(days=int(s * days // sessions))
@@ -175,8 +178,14 @@ def write_sample_log(shape: str, log_path: str, sessions: int, seed: int = 0) ->
 
     sample: SampleLog = GENERATORS[shape](sessions=sessions, seed=seed)  # type: ignore[operator]
     if os.path.exists(log_path):
+        if not os.path.exists(os.path.join(log_path, SAMPLE_MARKER)):
+            raise ValueError(
+                f"sample-log: {log_path} exists and was not written by sample-log (no {SAMPLE_MARKER} file in it); "
+                "it is never overwritten: point tables.impressions (or tables.root) elsewhere"
+            )
         shutil.rmtree(log_path)
     os.makedirs(log_path)
+    open(os.path.join(log_path, SAMPLE_MARKER), "w").close()  # Spark skips files whose name starts with "_"
     chunk = max(1, len(sample.log) // 4)
     for i, start in enumerate(range(0, len(sample.log), chunk)):
         sample.log.iloc[start:start + chunk].to_parquet(os.path.join(log_path, f"part-{i:05d}.parquet"), index=False)

@@ -57,6 +57,12 @@ class ExamplesShape:
     observed_slots: dict[int, list[int]] = dataclasses.field(default_factory=dict)
     # Impressions of each observed (context id, slot) cell.
     cell_impressions: dict[tuple[int, int], int] = dataclasses.field(default_factory=dict)
+    # Size of the context tables: 1 + the largest context id of any split (0: from ``contexts``).
+    num_contexts: int = 0
+
+    @property
+    def context_slots(self) -> int:
+        return self.num_contexts or max(self.contexts) + 1
 
     @property
     def heavy_row_cap(self) -> int:
@@ -157,7 +163,7 @@ def model_spec(config: Config, name: str, shape: ExamplesShape, encoder: Optiona
     if encoder is not None:
         return ModelSpec(
             name=name, architecture=architecture, num_features=shape.num_features, max_slate_size=shape.max_slate_size,
-            num_contexts=max(shape.contexts) + 1, hidden_sizes=list(config.train.hidden_sizes),
+            num_contexts=shape.context_slots, hidden_sizes=list(config.train.hidden_sizes),
             grid_columns=encoder.grid_columns, categorical_buckets=encoder.categorical_buckets,
             embedding_dims=encoder.embedding_dims, **dataclasses.asdict(options),
         )
@@ -166,7 +172,7 @@ def model_spec(config: Config, name: str, shape: ExamplesShape, encoder: Optiona
         architecture=architecture,
         num_features=shape.num_features,
         max_slate_size=shape.max_slate_size,
-        num_contexts=max(shape.contexts) + 1,
+        num_contexts=shape.context_slots,
         hidden_sizes=list(config.train.hidden_sizes),
         grid_columns=config.examples.grid_columns,
         **dataclasses.asdict(options),
@@ -199,6 +205,10 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
         examples = all_examples.where(F.col(schema.SPLIT) == schema.SPLIT_TRAIN)
         validation = all_examples.where(F.col(schema.SPLIT) == SPLIT_VALIDATION)
     shape = describe_examples(examples)
+    # Context ids are numbered over every split: a context seen only in validation or test
+    # must still have a row in the bias tables.
+    last_context = all_examples.agg(F.max(schema.CONTEXT_ID)).first()[0]
+    shape = dataclasses.replace(shape, num_contexts=max(int(last_context or 0), max(shape.contexts)) + 1)
     cap = shape.heavy_row_cap
     rows = training_rows(examples, cap)
     if rows < tc.num_processes:
@@ -295,6 +305,8 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             bias = spark.createDataFrame(pd.concat(curves, ignore_index=True)).withColumn(
                 schema.TRAINED_AT, F.current_timestamp()
             )
+            for bound in (schema.EXAMINATION_LOW, schema.EXAMINATION_HIGH):
+                bias = bias.withColumn(bound, F.when(~F.isnan(bound), F.col(bound)).cast("double"))
             replace_rows(
                 bias.coalesce(1), tables.path("bias_curves"), "bias_curves", Provenance.of(config, run_id, "train", tc.models),
                 f"{schema.RUN_ID} = {sql_string(run_id)}", merge_schema=True,

@@ -38,7 +38,7 @@ def learned_bias_curves(
         for slot in slots:
             value = curve[slot - 1]
             if np.isfinite(value):
-                interval = [float(b[slot - 1]) if np.isfinite(b[slot - 1]) else None for b in (low, high)]
+                interval = [float(b[slot - 1]) for b in (low, high)]  # NaN without a bootstrap: null in the table
                 rows.append((
                     model_artifact.spec.name, run_id, shape.contexts[context_id], slot, float(value),
                     shape.cell_impressions.get((context_id, slot), 0), *interval,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ulr_spark.io.artifacts import save_artifact
+from ulr_spark.models.losses import summed_click_nll
 from ulr_spark.models.registry import TrainingObjective, build_model
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.training.loaders import SlateBatch, quiet_petastorm_warnings, shard_batches
@@ -91,9 +92,10 @@ def validation_loss(model: torch.nn.Module, arrays: dict, device: torch.device, 
     n = arrays["positions"].shape[0]
     for start in range(0, n, chunk):
         part = {k: torch.from_numpy(np.ascontiguousarray(v[start:start + chunk])).to(device) for k, v in arrays.items()}
-        loss, w = model.loss(  # type: ignore[operator]
-            part["features"], part["positions"], part["context_ids"], part["clicks"], part["impressions"]
-        )
+        # The click likelihood itself, not the training objective (which may add an adversary's
+        # term, or be MixEM's EM surrogate): what evaluate reports on held-out clicks.
+        logits = model(part["features"], part["positions"], part["context_ids"])
+        loss, w = summed_click_nll(logits, part["clicks"], part["impressions"], part["positions"])
         total += float(loss)
         weight += float(w)
     model.train(was_training)
@@ -198,7 +200,7 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
     if rank == 0:
         card = {
             **job.card, "loss_history": history, "validation_loss_history": validation_history,
-            "best_epoch": best_epoch or len(history), "world_size": world, "train_seconds": time.time() - started,
+            "best_epoch": best_epoch if job.early_stopping_patience > 0 and best_epoch else len(history), "world_size": world, "train_seconds": time.time() - started,
         }
         save_artifact(job.artifact_path, model, card)
     dist.barrier()
