@@ -260,3 +260,16 @@ def test_simulate_refuses_to_overwrite_a_log_it_did_not_write(spark, tmp_path):
     with pytest.raises(ValueError, match="simulate did not write"):
         simulate(spark, config, "sim")
     assert table_version(spark, path) == before
+
+
+def test_sample_log_never_deletes_a_folder_it_did_not_write(tmp_path):
+    theirs = tmp_path / "their_log"
+    theirs.mkdir()
+    (theirs / "part-0.parquet").write_bytes(b"their data")
+    with pytest.raises(ValueError, match="not written by sample-log"):
+        write_sample_log("search", str(theirs), sessions=50)
+    assert (theirs / "part-0.parquet").read_bytes() == b"their data"
+    ours = tmp_path / "sample"
+    write_sample_log("search", str(ours), sessions=50)
+    write_sample_log("search", str(ours), sessions=60)  # its own folder is replaced
+    assert len(pd.read_parquet(ours)) == 600
