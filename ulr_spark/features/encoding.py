@@ -2,11 +2,13 @@
 
 Every shown item becomes one float32 vector of width ``FeatureEncoder.width``:
 
-    [ array column values (d_a) | standardised numerics (n) | missing indicators (n) | pad | category indices (m) ]
+    [ array column values (d_a) | standardised numerics (n) | missing indicators (<= n) | pad | category indices (m) ]
 
 - numeric column j: z = (x - mean_j) / std_j, with mean and (population) standard deviation
   computed by build-examples over the log's non-missing values; a null or NaN becomes 0 (the
-  mean) and its indicator 1. A constant column has std 1.
+  mean) and its indicator 1. Only a column with a missing value in the fitted rows has an
+  indicator (elsewhere a later missing value is imputed, unflagged). A constant column has
+  std 1.
 - categorical field i: an integer index in [0, buckets_i), stored as an exact float32
   (< 2^24). A vocabulary field maps its values, most frequent first, to 1..n and anything
   else (a value first seen after the examples were built, or null) to 0; a hashed field is
@@ -44,6 +46,9 @@ class NumericEncoding:
     column: str
     mean: float
     std: float
+    # A missing-value indicator follows, when the column had a missing value in the rows the
+    # transform was fitted on (as scikit-learn's SimpleImputer(add_indicator=True) does).
+    indicator: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,12 @@ class FeatureEncoder:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def numeric_width(self) -> int:
+        return len(self.numeric) + sum(n.indicator for n in self.numeric)
+
+    @property
     def dense_width(self) -> int:
-        return max(1, self.array_length + 2 * len(self.numeric))
+        return max(1, self.array_length + self.numeric_width)
 
     @property
     def width(self) -> int:
@@ -134,8 +143,9 @@ class FeatureEncoder:
             value = col(n.column).cast("double")
             scalars.append(F.when(missing_number(value), F.lit(0.0)).otherwise((value - F.lit(n.mean)) / F.lit(n.std)))
         for n in self.numeric:
-            scalars.append(missing_number(col(n.column).cast("double")).cast("double"))
-        if self.array_length + 2 * len(self.numeric) == 0:
+            if n.indicator:
+                scalars.append(missing_number(col(n.column).cast("double")).cast("double"))
+        if self.array_length + self.numeric_width == 0:
             scalars.append(F.lit(0.0))
         for c in self.categorical:
             scalars.append(category_index(c, [col(n) for n in c.columns]).cast("double"))
@@ -188,6 +198,7 @@ def fit_encoder(
                 F.avg(F.when(fitted, present)).alias(f"mean{i}"),
                 F.stddev_pop(F.when(fitted, present)).alias(f"std{i}"),
                 F.sum(F.when(present.isNull(), 1).otherwise(0)).alias(f"missing{i}"),
+                F.sum(F.when(fitted & present.isNull(), 1).otherwise(0)).alias(f"fit_missing{i}"),
             ]
         stats = log.agg(F.sum(F.when(fitted, 1).otherwise(0)).alias("rows"), *aggregates).first()
         for i, name in enumerate(features_config.numeric):
@@ -197,7 +208,7 @@ def fit_encoder(
                 broken.append((name, rule, int(stats["rows"])))
                 continue
             std = float(stats[f"std{i}"] or 0.0)
-            numeric.append(NumericEncoding(name, float(stats[f"mean{i}"]), std if std > 0 else 1.0))
+            numeric.append(NumericEncoding(name, float(stats[f"mean{i}"]), std if std > 0 else 1.0, bool(stats[f"fit_missing{i}"])))
     limits = {c.column: c.vocabulary for c in features_config.categorical if c.vocabulary is not None}
     vocabularies = vocabulary_counts(log if fit_rows is None else log.where(fit_rows), limits)
     categorical: list[CategoricalEncoding] = []
