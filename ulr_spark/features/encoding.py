@@ -203,6 +203,10 @@ def fit_encoder(
         stats = log.agg(F.sum(F.when(fitted, 1).otherwise(0)).alias("rows"), *aggregates).first()
         for i, name in enumerate(features_config.numeric):
             missing[name] = int(stats[f"missing{i}"] or 0)
+            if not stats["rows"]:
+                # No training row at all: the split's own rule reports it (split_violations).
+                numeric.append(NumericEncoding(name, 0.0, 1.0, bool(stats[f"missing{i}"])))
+                continue
             if stats[f"mean{i}"] is None:
                 rule = "numeric feature must hold at least one finite value in the training split (it is entirely null, NaN or infinite there)"
                 broken.append((name, rule, int(stats["rows"])))
