@@ -114,7 +114,7 @@ def bias_curve_error(learned: DataFrame, truth: DataFrame, slots: list[int]) -> 
     )
 
 
-SPLIT_TEST = "test"
+SPLIT_TEST = schema.SPLIT_TEST
 
 
 def heldout_click_metrics(config: Config, spark: SparkSession, artifacts) -> Optional[DataFrame]:

@@ -45,6 +45,9 @@ LABEL = "label"
 SPLIT = "split"  # "train" (queries that appear in the log) or "heldout"
 SPLIT_TRAIN = "train"
 SPLIT_HELDOUT = "heldout"
+# Splits of the examples' requests (build-examples): validation stops training, test is evaluated.
+SPLIT_VALIDATION = "validation"
+SPLIT_TEST = "test"
 
 # Columns of the simulated log and truth, and of the comparison table.
 EVENT_DATE = "event_date"

@@ -10,7 +10,7 @@ from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
 from ulr_spark.examples.validation import Violation
 
-SPLIT_TEST, SPLIT_VALIDATION = "test", "validation"
+SPLIT_TEST, SPLIT_VALIDATION = schema.SPLIT_TEST, schema.SPLIT_VALIDATION
 # Seeds of the request-id hashes that draw the test and validation shares (fixed: a rerun
 # draws the same requests).
 TEST_HASH_SEED, VALIDATION_HASH_SEED = 17, 23

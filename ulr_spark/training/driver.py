@@ -38,7 +38,7 @@ from ulr_spark.training.worker import TrainJob, train_worker
 # rows are split into equal pieces before training (docs/design.md, "Training"), which adds at
 # most a quarter more rows and keeps one hot slate from dominating the step it lands in.
 HEAVY_ROW_FACTOR = 4
-SPLIT_VALIDATION = "validation"
+SPLIT_VALIDATION = schema.SPLIT_VALIDATION
 
 
 class TrainingFailedError(RuntimeError):
