@@ -76,3 +76,29 @@ def test_scenario_config_merges_settings_and_gives_each_seed_its_own_tables(tmp_
     assert config.simulate.seed == 2 and config.train.seed == 2
     assert config.spark.shuffle_partitions == 3
     assert config.tables.path("scores") == os.path.join(str(tmp_path), "comparison", "mix", "seed2", "scores")
+
+
+def test_claim_kinds_use_a_paired_t_test():
+    from scipy import stats
+
+    from ulr_spark.experiments.compare import beside_controls
+
+    metrics = metrics_frame()
+    results = check_claims(
+        metrics,
+        [
+            CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="beats", min_gap=0.2),  # gap 0.10 < 0.2
+            CompareClaim("pbm", "naive", "additive", "ndcg@10", expect="no_gap"),  # naive is worse: no gap to claim
+            CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="no_gap"),  # additive does beat naive
+            CompareClaim("pbm", "additive", metric="bias_curve_error", expect="below", threshold=0.065),
+            CompareClaim("pbm", "pal", metric="bias_curve_error", expect="below", threshold=0.1),
+            CompareClaim("pbm", "additive", metric="bias_curve_error", expect="near", target=0.1, threshold=0.05),
+            CompareClaim("pbm", "additive", metric="bias_curve_error", expect="near", target=0.0, threshold=0.05),
+        ],
+    )
+    assert [r.holds for r in results] == [False, True, False, True, False, True, False]
+    additive = metrics[(metrics[schema.MODEL] == "additive") & (metrics[schema.METRIC] == "ndcg@10")][schema.VALUE].to_numpy()
+    naive = metrics[(metrics[schema.MODEL] == "naive") & (metrics[schema.METRIC] == "ndcg@10")][schema.VALUE].to_numpy()
+    assert results[0].p_value == pytest.approx(stats.ttest_rel(additive, naive).pvalue)
+    assert results[3].gap == pytest.approx(0.005)
+    assert beside_controls(["a", "b", "a_ctl", "c", "b_ctl"], {"a_ctl": "a", "b_ctl": "b"}) == ["a", "a_ctl", "b", "b_ctl", "c"]

@@ -4,6 +4,7 @@ import pytest
 
 from tests.conftest import ROOT
 from ulr_spark.config import ConfigError, config_from_dict, load_config
+from ulr_spark.experiments.compare import scenario_config
 
 
 def test_demo_config_loads_with_types():
@@ -63,12 +64,19 @@ def test_fingerprint_changes_with_the_config():
 
 def test_scenario_configs_load_and_name_their_scenario():
     for name, scenario in [("pbm", "pbm"), ("mixture", "mixture"), ("context", "context"),
-                           ("context_grid", "context"), ("confounded", "confounded"), ("yahoo", "pbm")]:
+                           ("context_grid", "context"), ("confounded", "confounded"), ("yahoo", "pbm"),
+                           ("trust", "trust"), ("mixture_strong", "mixture"), ("context_blended", "context")]:
         config = load_config(os.path.join(ROOT, "conf", f"{name}.yaml"))
         assert config.simulate.scenario == scenario
     assert load_config(os.path.join(ROOT, "conf", "context_grid.yaml")).examples.grid_columns == 5
     compare = load_config(os.path.join(ROOT, "conf", "compare.yaml")).compare
-    assert len(compare.seeds) >= 3 and {s.name for s in compare.scenarios} >= {"pbm", "mixture", "context", "context_grid", "confounded"}
+    assert len(compare.seeds) == 5
+    names = {s.name for s in compare.scenarios}
+    assert names >= {"pbm", "mixture_strong", "trust", "context_blended", "confounded"}
+    # Every control names a scenario of the comparison, and each loads as a runnable config.
+    for s in compare.scenarios:
+        assert not s.control_of or s.control_of in names
+        scenario_config(load_config(os.path.join(ROOT, "conf", "compare.yaml")), s, seed=1)
 
 
 def test_variants_inherit_options_and_override_some():

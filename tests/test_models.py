@@ -198,7 +198,7 @@ def test_xpa_curve_averages_over_pages_and_is_one_at_slot_one():
     assert abs(curve[0].item() - 1.0) < 1e-5
 
 
-def test_bias_dropout_only_while_training():
+def test_bias_dropout_only_while_training_and_never_rescales_the_kept_offsets():
     torch.manual_seed(0)
     model = AdditiveTwoTower(family_spec("additive", bias_dropout=0.5))
     with torch.no_grad():
@@ -208,24 +208,112 @@ def test_bias_dropout_only_while_training():
     assert torch.allclose(model(features, positions, contexts) - model.relevance(features), torch.ones(5, 4))
     model.train()
     offsets = model(features, positions, contexts) - model.relevance(features)
-    assert (offsets.abs() < 1e-6).any() and (offsets > 1.5).any()
+    dropped = offsets.abs() < 1e-6
+    # nn.Dropout would have scaled the kept offsets to 1 / (1 - 0.5) = 2.
+    assert dropped.any() and (~dropped).any() and torch.allclose(offsets[~dropped], torch.ones(int((~dropped).sum())))
 
 
-def test_gradient_reversal_flips_the_adversary_gradient_into_the_relevance_tower():
+def test_a_dropped_bias_leaves_each_model_its_serving_score():
+    """What "dropped" means per model: the click logit becomes the serving score."""
+    features, positions, contexts, _, _ = slate_batch()
+    for architecture in ("additive", "pal", "dot_product"):
+        torch.manual_seed(0)
+        model = build_model(family_spec(architecture, bias_dropout=0.999999))
+        model.train()
+        logits = model(features, positions, contexts)
+        expected = model.relevance(features)
+        if architecture == "pal":  # P(click) = sigma(r) * 1
+            expected = torch.logit(torch.sigmoid(expected))
+        assert torch.allclose(logits, expected, atol=1e-4), architecture
+
+
+def test_bias_tables_start_at_a_decreasing_curve():
+    features, positions, contexts, _, _ = slate_batch()
+    slots = torch.arange(1, 5)
+    additive = AdditiveTwoTower(family_spec("additive"))
+    assert torch.allclose(additive.bias_tower(slots.unsqueeze(0), torch.tensor([1]))[0], -torch.log(slots.float()))
+    pal = build_model(family_spec("pal"))
+    examination = torch.sigmoid(pal.bias_tower(slots.unsqueeze(0), torch.tensor([0]))[0])
+    assert torch.allclose(examination, 0.5 / slots.float(), atol=1e-6)
+    flat = AdditiveTwoTower(family_spec("additive", bias_init="zero"))
+    assert torch.count_nonzero(flat.bias_tower.table.weight) == 0
+    xpa = build_model(family_spec("xpa"))
+    assert torch.allclose(xpa.bias_tower.base(slots.unsqueeze(0), torch.tensor([0]))[0], -torch.log(slots.float()))
+    mixem = MixEMTwoTower(family_spec("mixem", mixem_components=2, mixem_blind_component=True))
+    start = mixem.bias_tower(slots.unsqueeze(0), torch.tensor([0]))[0]  # [4, 2]
+    assert (start[1:] < start[:-1]).all()  # both components decrease
+    assert torch.allclose(start[:, 1], -2 * torch.log(slots.float()))  # the blind one twice as steep
+
+
+def test_mixem_blind_component_ignores_relevance():
     torch.manual_seed(0)
-    reversed_model = AdditiveTwoTower(family_spec("additive", gradient_reversal=0.5))
-    features, positions, contexts, clicks, impressions = slate_batch()
-    relevance, bias = reversed_model.towers(features, positions, contexts)
-    reversed_model.adversary_loss(relevance, bias, impressions, positions).backward()
-    reversed_grad = reversed_model.relevance_tower.mlp[0].weight.grad.clone()
+    mixem = MixEMTwoTower(family_spec("mixem", mixem_components=2, mixem_blind_component=True))
+    features, positions, contexts, _, _ = slate_batch()
+    relevance, bias = mixem.towers(features, positions, contexts)
+    logits = mixem.combine(relevance, bias)
+    assert torch.allclose(logits[..., 1], bias[..., 1])  # gain 0: the items do not matter
+    assert not torch.allclose(logits[..., 0], bias[..., 0])
+    assert mixem.gains()[1] == 0 and abs(float(mixem.component_shares().sum()) - 1) < 1e-6
 
-    reversed_model.zero_grad()
-    relevance, bias = reversed_model.towers(features, positions, contexts)
-    guess = reversed_model.adversary(relevance.unsqueeze(-1)).squeeze(-1)
-    plain = ((guess - bias.detach()) ** 2 * impressions.unsqueeze(-1) * (positions > 0)).sum()
+
+def test_gradient_reversal_flips_the_adversary_gradient_into_the_bias_tower_only():
+    torch.manual_seed(0)
+    model = AdditiveTwoTower(family_spec("additive", gradient_reversal=0.5))
+    features, positions, contexts, clicks, impressions = slate_batch()
+    relevance, bias = model.towers(features, positions, contexts)
+    model.adversary_loss(relevance, bias, impressions, positions).backward()
+    reversed_grad = model.bias_tower.table.weight.grad.clone()
+    assert all(p.grad is None or not p.grad.any() for p in model.relevance_tower.parameters())
+    adversary_grad = model.adversary[0].weight.grad.clone()
+
+    model.zero_grad()
+    relevance, bias = model.towers(features, positions, contexts)
+    real = positions > 0
+    target = relevance.detach()
+    target = (target - target[real].mean()) / target[real].std(unbiased=False)
+    guess = model.adversary(bias.unsqueeze(-1)).squeeze(-1)
+    squared = (guess - target) ** 2
+    plain = (squared / (1 + squared) * impressions.unsqueeze(-1) * real).sum()
+    assert float(plain) <= float(impressions.unsqueeze(-1).expand_as(positions)[real].sum())  # bounded: rho < 1
     plain.backward()
-    plain_grad = reversed_model.relevance_tower.mlp[0].weight.grad
-    assert torch.allclose(reversed_grad, -0.5 * plain_grad, atol=1e-6)
+    assert torch.allclose(reversed_grad, -0.5 * model.bias_tower.table.weight.grad, atol=1e-6)
+    assert torch.allclose(adversary_grad, model.adversary[0].weight.grad, atol=1e-6)  # the adversary itself learns
+
+
+def test_dot_product_serving_score_is_its_impression_weighted_mean_click_logit():
+    torch.manual_seed(0)
+    model = DotProductTwoTower(family_spec("dot_product", dot_product_dim=3))
+    with torch.no_grad():
+        model.bias_tower.table.weight.normal_()
+    cells = {(0, 1): 50, (0, 2): 30, (0, 4): 5, (1, 1): 15}
+    model.set_serving_direction(cells)
+    features = torch.randn(40, 3)
+    logit = {}
+    for context, slot in cells:
+        logit[(context, slot)] = model(features.unsqueeze(0), torch.full((1, 40), slot), torch.tensor([context]))[0]
+    mean_logit = sum(n * logit[c] for c, n in cells.items()) / sum(cells.values())
+    score = model.relevance(features)
+    assert torch.allclose(score, mean_logit, atol=1e-5)
+    # The items the model itself would click most on average come first; slot 1 alone ranks otherwise.
+    assert torch.equal(torch.argsort(score), torch.argsort(mean_logit))
+    assert not torch.equal(torch.argsort(score), torch.argsort(logit[(0, 1)]))
+    restored = DotProductTwoTower(family_spec("dot_product", dot_product_dim=3))
+    restored.load_state_dict(model.state_dict())
+    assert torch.allclose(restored.relevance(features), score)
+
+
+def test_xpa_penalises_what_attention_adds():
+    torch.manual_seed(0)
+    batch = slate_batch()
+    plain = build_model(family_spec("xpa", attention_offset_penalty=0.0, attention_dropout=0.0))
+    penalised = build_model(family_spec("xpa", attention_offset_penalty=2.0, attention_dropout=0.0))
+    penalised.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for model in (plain, penalised):
+            model.bias_tower.out[-1].bias.fill_(0.5)  # attention adds 0.5 to every slot
+    gap = penalised.loss(*batch)[0] - plain.loss(*batch)[0]
+    slot_impressions = float((batch[4].unsqueeze(-1) * (batch[1] > 0)).sum())
+    assert abs(float(gap) - 2.0 * 0.25 * slot_impressions) < 1e-3
 
 
 def test_every_architecture_trains_a_step_and_serves_one_score_per_item():

@@ -84,3 +84,25 @@ def test_a_heavy_row_is_split_into_pieces_with_the_same_likelihood(spark):
         torch.full((3,), 10 / 3, dtype=torch.float64), torch.tensor([[1, 2]] * 3),
     )
     assert split.sum().item() == pytest.approx(row.item(), rel=1e-9)
+
+
+def test_learning_rates_decay_to_zero_over_the_planned_steps():
+    from ulr_spark.training.worker import Optimizers, TrainJob, learning_rate_factor
+
+    assert learning_rate_factor("constant", 90, 100) == 1.0
+    assert learning_rate_factor("linear", 25, 100) == pytest.approx(0.75)
+    assert learning_rate_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert learning_rate_factor("cosine", 100, 100) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        learning_rate_factor("step", 1, 10)
+    spec = ModelSpec(name="additive", num_features=D, max_slate_size=K, num_contexts=1, hidden_sizes=[4], categorical_buckets=[], embedding_dims=[])
+    model = build_model(spec)
+    job = TrainJob(spec=spec, epochs=2, steps_per_epoch=5, batch_size=4, learning_rate=0.01, weight_decay=0.0, seed=0,
+                   use_gpu=False, cpu_threads=1, artifact_path="", card={}, learning_rate_schedule="linear")
+    optimizers = Optimizers(model, [], job)
+    batch = _batch(4, 2, 0)
+    rates = []
+    for _ in range(10):
+        train_step(TrainingObjective(model), optimizers, batch, 1.0)
+        rates.append(optimizers.optimizers[0].param_groups[0]["lr"])
+    assert rates[0] == pytest.approx(0.009) and rates[-1] == pytest.approx(0.0)

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import small_config
 from ulr_spark import schema
+from ulr_spark.config import ConfigError
 from ulr_spark.io.delta import read_table
 from ulr_spark.simulation.catalogue import attraction, draw_catalogue
 from ulr_spark.simulation.simulator import simulate
@@ -80,14 +82,16 @@ def _shown(spark, tmp_path, **simulate_settings):
     settings = {"num_queries": 60, "candidates_per_query": 12, "num_requests": 400, "seed": 5, **simulate_settings}
     config = small_config(tmp_path, simulate=settings, examples={"grid_columns": grid})
     truth = draw_catalogue(config.simulate)
-    rows = shown_items(spark, config, truth).select("request_index", "slot", "attraction", "examination", "p_click")
+    rows = shown_items(spark, config, truth).select(
+        "request_index", schema.QUERY_ID, schema.ITEM_ID, "slot", "attraction", "salient", "examination", "p_click"
+    )
     return config, rows.toPandas().sort_values(["request_index", "slot"])
 
 
-def _expected_neighbour_examination(frame, theta, effect, grid_columns):
+def _expected_neighbour_examination(frame, theta, effect, grid_columns, signal="attraction"):
     expected = []
     for _, page in frame.groupby("request_index"):
-        attraction = dict(zip(page["slot"], page["attraction"]))
+        attraction = dict(zip(page["slot"], page[signal]))
         for slot in page["slot"]:
             if grid_columns:
                 col = (slot - 1) % grid_columns + 1
@@ -128,6 +132,98 @@ def test_mixture_scenario_has_requests_that_click_the_top_whatever_it_shows(spar
     assert 0.33 < top_clicker.mean() < 0.47
     others = frame[frame["request_index"].isin(top_clicker[~top_clicker].index)]
     assert np.allclose(others["p_click"], theta[others["slot"] - 1] * others["attraction"])
+
+
+def _blended_page(salient, plain, size, salient_first=True):
+    """Salient items in slots 1, 3, ..., plain ones in 2, 4, ... (the other way round unless
+    salient_first); when a class runs out, the other fills the rest."""
+    salient, plain, page = list(salient), list(plain), []
+    if not salient_first:
+        salient, plain = plain, salient
+    while len(page) < size:
+        first, other = (salient, plain) if len(page) % 2 == 0 else (plain, salient)
+        page.append((first or other).pop(0))
+    return page
+
+
+def test_blended_layout_alternates_salient_and_plain_items_and_neighbours_send_salience(spark, tmp_path):
+    """Without ranker noise every page of a query is the blend of its salient and plain
+    candidates, each in score order; with noise the order within a class moves, the alternation
+    does not. The examination drops next to a salient neighbour, whatever its label."""
+    blended = {"scenario": "context", "layout": "blended", "neighbour_signal": "salience", "salient_share": 0.5}
+    still = {"relevance_weight": 1.0, "distractor_weight": 1.0, "noise": 0.0}
+    config, frame = _shown(spark, tmp_path, **blended, neighbour_effect=0.6, logging_ranker=still)
+    catalogue = draw_catalogue(config.simulate).catalogue
+    catalogue["score"] = catalogue[schema.TRUE_RELEVANCE] + catalogue[schema.DISTRACTOR]
+    expected, n_salient = {}, {}
+    for query, items in catalogue.sort_values("score", ascending=False).groupby(schema.QUERY_ID):
+        salient = items["salient"] == 1
+        expected[query] = [
+            _blended_page(items.loc[salient, schema.ITEM_ID], items.loc[~salient, schema.ITEM_ID], 10, first) for first in (True, False)
+        ]
+        n_salient[query] = int(salient.sum())
+    pages = frame.groupby("request_index").agg(
+        query=(schema.QUERY_ID, "first"), page=(schema.ITEM_ID, list), first=("salient", "first")
+    )
+    first = pages["first"] == 1
+    assert all(page == expected[query][0 if f else 1] for query, page, f in zip(pages["query"], pages["page"], first))
+    # Half the pages start with a salient item, so slot parity does not tell an item's class.
+    assert 0.35 < first.mean() < 0.65
+    shown_counts = pages["query"].map(n_salient)
+    assert (shown_counts < 5).any() and (shown_counts > 7).any(), "both classes run out on some page"
+
+    theta = np.asarray(config.simulate.examination)
+    assert np.allclose(frame["examination"], _expected_neighbour_examination(frame, theta, 0.6, 0, signal="salient"))
+    assert not np.allclose(frame["examination"], _expected_neighbour_examination(frame, theta, 0.6, 0))
+
+    _, noisy = _shown(spark, tmp_path, **blended, randomised_share=0.5)
+    for _, page in noisy.groupby("request_index"):
+        n = n_salient[page[schema.QUERY_ID].iloc[0]]
+        page = page.sort_values("slot")
+        assert page["salient"].tolist() == _blended_page([1] * n, [0] * (12 - n), 10, page["salient"].iloc[0] == 1)
+    slates = noisy.groupby("request_index").agg(query=(schema.QUERY_ID, "first"), page=(schema.ITEM_ID, tuple))
+    assert slates.groupby("query")["page"].nunique().max() > 1, "ranker noise moves items within a class"
+
+
+def test_trust_scenario_clicks_irrelevant_items_the_more_the_higher_they_are(spark, tmp_path):
+    config, frame = _shown(spark, tmp_path, scenario="trust")
+    theta = np.asarray(config.simulate.examination)[frame["slot"] - 1]
+    k, a = frame["slot"].to_numpy(), frame["attraction"].to_numpy()
+    assert np.allclose(frame["examination"], theta)
+    assert np.allclose(frame["p_click"], theta * (a * (1 - (k + 1) / 100) + (1 - a) * 0.65 / k))
+    assert not np.allclose(frame["p_click"], theta * a)
+    for settings, key in [({"scenario": "trust", "slate_size": 99, "candidates_per_query": 99, "examination": [0.5] * 99}, "slate_size"),
+                          ({"layout": "blended"}, "layout"), ({"neighbour_signal": "salience"}, "neighbour_signal"),
+                          ({"source": "letor", "letor": {"train_path": "x"}, "hidden_relevance": 1.0}, "hidden_relevance")]:
+        with pytest.raises(ConfigError, match=f"simulate.{key}"):
+            small_config(tmp_path, simulate=settings)
+
+
+def test_hidden_relevance_moves_labels_and_ranker_but_no_feature(spark, tmp_path):
+    sizes = {"num_queries": 50, "candidates_per_query": 12, "seed": 5}
+    base = draw_catalogue(small_config(tmp_path, simulate=sizes).simulate).catalogue
+    # This config's catalogue as drawn before hidden relevance and salience existed.
+    assert int((base[schema.LABEL].to_numpy() * np.arange(len(base))).sum()) == 166470
+    heldout = base.loc[base[schema.SPLIT] == schema.SPLIT_HELDOUT, schema.QUERY_ID].unique()
+    assert sorted(int(q[1:]) for q in heldout) == [6, 7, 25, 35, 36, 37, 38, 41, 42, 46]
+    rows = [0, 1, 2, 599]
+    assert np.allclose(base[schema.TRUE_RELEVANCE].to_numpy()[rows], [-1.173423629, -0.645206771, -2.61855511, 1.319154317])
+    assert np.allclose(base[schema.DISTRACTOR].to_numpy()[rows], [0.951681364, 0.089104894, -0.241098632, -1.671293192])
+
+    config = small_config(tmp_path, simulate={**sizes, "hidden_relevance": 1.0, "num_requests": 300})
+    hidden = draw_catalogue(config.simulate).catalogue
+    assert np.array_equal(np.stack(hidden[schema.FEATURES]), np.stack(base[schema.FEATURES]))
+    for column in (schema.DISTRACTOR, "salient", schema.SPLIT):
+        assert hidden[column].equals(base[column]), column
+    assert (hidden[schema.LABEL] != base[schema.LABEL]).mean() > 0.3
+    # Half the variance of the true relevance is hidden: its correlation with f(x) is 1 / sqrt(2).
+    assert 0.6 < np.corrcoef(hidden[schema.TRUE_RELEVANCE], base[schema.TRUE_RELEVANCE])[0, 1] < 0.8
+
+    simulate(spark, config, "hidden-relevance")
+    labels = read_table(spark, config.tables.path("truth_labels")).toPandas().sort_values([schema.QUERY_ID, schema.ITEM_ID])
+    assert labels[schema.LABEL].tolist() == hidden[schema.LABEL].tolist()
+    assert np.allclose(labels[schema.TRUE_RELEVANCE], hidden[schema.TRUE_RELEVANCE])
+    assert np.allclose(labels[schema.DISTRACTOR], hidden[schema.DISTRACTOR])
 
 
 def test_letor_source_uses_the_files_labels_and_holds_out_the_test_queries(spark, tmp_path):

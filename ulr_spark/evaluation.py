@@ -11,6 +11,13 @@
   evaluation stops with the number of such scores instead.
 - Bias-curve error: mean over slots of |learned_k / learned_1 - true_k / true_1| divided by
   true_k / true_1, for the default context.
+- Distractor leak (when the truth labels carry the true relevance and distractor scores): the
+  within-query least-squares fit score ~ b_r * relevance + b_d * distractor (each centred per
+  query), reported as b_d / b_r: how much of what the logging ranker rewarded, but is not
+  relevance, the relevance score kept, per unit of true relevance. 0 is none; a naive model
+  trained on clicks from a distractor-rewarding ranker is positive.
+- Blind share (MixEM with a relevance-blind component): the learned prior share of requests
+  of that component, to compare with the simulated share of relevance-blind requests.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from ulr_spark.io.artifacts import run_artifacts
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_exists
 
 BIAS_ERROR = "bias_curve_error"
+DISTRACTOR_LEAK = "distractor_leak"
+BLIND_SHARE = "blind_share"
 
 
 def ndcg_metric(k: int) -> str:
@@ -117,6 +126,38 @@ def bias_curve_error(learned: DataFrame, truth: DataFrame, slots: list[int]) -> 
 SPLIT_TEST = schema.SPLIT_TEST
 
 
+def distractor_leak(scored: DataFrame) -> DataFrame:
+    """(model, query_id, score, relevance, distractor) -> (model, metric, value): b_d / b_r of
+    the within-query least-squares fit (module docstring), by the 2x2 normal equations."""
+    per_query = Window.partitionBy(schema.MODEL, schema.QUERY_ID)
+    centred = scored.select(
+        schema.MODEL,
+        *[(F.col(c) - F.avg(c).over(per_query)).alias(c) for c in (schema.SCORE, schema.TRUE_RELEVANCE, schema.DISTRACTOR)],
+    )
+    s, r, d = F.col(schema.SCORE), F.col(schema.TRUE_RELEVANCE), F.col(schema.DISTRACTOR)
+    sums = centred.groupBy(schema.MODEL).agg(
+        F.sum(r * r).alias("rr"), F.sum(r * d).alias("rd"), F.sum(d * d).alias("dd"),
+        F.sum(s * r).alias("sr"), F.sum(s * d).alias("sd"),
+    )
+    det = F.col("rr") * F.col("dd") - F.col("rd") * F.col("rd")
+    b_r = (F.col("dd") * F.col("sr") - F.col("rd") * F.col("sd")) / det
+    b_d = (F.col("rr") * F.col("sd") - F.col("rd") * F.col("sr")) / det
+    return sums.select(schema.MODEL, F.lit(DISTRACTOR_LEAK).alias(schema.METRIC), (b_d / b_r).alias(schema.VALUE))
+
+
+def blind_shares(spark: SparkSession, artifacts) -> Optional[DataFrame]:
+    """(model, metric, value) of every MixEM with a relevance-blind component (its card's
+    learned component shares; the blind component is the last); None when there is none."""
+    rows = [
+        (a.spec.name, BLIND_SHARE, float(a.card["component_shares"][-1]))
+        for a in artifacts or []
+        if a.spec.mixem_blind_component and a.card.get("component_shares")
+    ]
+    if not rows:
+        return None
+    return spark.createDataFrame(rows, f"{schema.MODEL} string, {schema.METRIC} string, {schema.VALUE} double")
+
+
 def heldout_click_metrics(config: Config, spark: SparkSession, artifacts) -> Optional[DataFrame]:
     """Log-likelihood and perplexity (overall and per rank) on the test split of the examples
     the run was trained on, for every model of the run and the two baselines fitted on its
@@ -177,6 +218,12 @@ def evaluate(config: Config, spark: SparkSession, run_id: str) -> DataFrame:
             "examples.split.test_days or examples.split.test_share and rebuild them) and there is no truth table at "
             f"{tables.path('truth_labels')}; nothing was written"
         )
+    shares = blind_shares(spark, artifacts)
+    if shares is not None:
+        parts.append(shares.select(
+            schema.MODEL, schema.METRIC, schema.VALUE, F.lit("model").alias(schema.SPLIT),
+            F.lit(None).cast("int").alias(schema.POSITION),
+        ))
     metrics = parts[0]
     for part in parts[1:]:
         metrics = metrics.unionByName(part)
@@ -206,7 +253,8 @@ def truth_metrics(config: Config, spark: SparkSession, run_id: str) -> DataFrame
     labels = read_table(spark, tables.path("truth_labels"))
     if ec.queries == "heldout":
         labels = labels.where(F.col(schema.SPLIT) == schema.SPLIT_HELDOUT)
-    scored = scores.join(labels, [schema.QUERY_ID, schema.ITEM_ID]).select(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.LABEL)
+    joined = scores.join(labels, [schema.QUERY_ID, schema.ITEM_ID])
+    scored = joined.select(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID, schema.SCORE, schema.LABEL)
     if not check_finite_scores(scored, run_id):
         if not scores.limit(1).count():
             raise ValueError(f"evaluate: run {run_id!r} has no scores in {tables.path('scores')}; run `ulr-spark score` first")
@@ -216,6 +264,9 @@ def truth_metrics(config: Config, spark: SparkSession, run_id: str) -> DataFrame
             "(set evaluate.queries=all, or score the pairs the labels cover); nothing was written"
         )
     metrics = ndcg(scored, ec.ndcg_at).select(schema.MODEL, schema.METRIC, schema.VALUE, F.lit(ec.queries).alias(schema.SPLIT))
+    if {schema.TRUE_RELEVANCE, schema.DISTRACTOR} <= set(labels.columns):
+        leak = distractor_leak(joined.select(schema.MODEL, schema.QUERY_ID, schema.SCORE, schema.TRUE_RELEVANCE, schema.DISTRACTOR))
+        metrics = metrics.unionByName(leak.withColumn(schema.SPLIT, F.lit(ec.queries)))
     if table_exists(spark, tables.path("bias_curves")) and table_exists(spark, tables.path("truth_examination")):
         learned = read_table(spark, tables.path("bias_curves")).where(run_filter)
         truth = read_table(spark, tables.path("truth_examination"))

@@ -42,6 +42,10 @@ TRAINED_AT = "trained_at"
 
 # Truth tables written by the simulator.
 LABEL = "label"
+# Simulated truth per (query, item): the true relevance score the labels are cut from, and the
+# distractor score the logging ranker rewards although it is not relevance.
+TRUE_RELEVANCE = "relevance"
+DISTRACTOR = "distractor"
 SPLIT = "split"  # "train" (queries that appear in the log) or "heldout"
 SPLIT_TRAIN = "train"
 SPLIT_HELDOUT = "heldout"

@@ -186,8 +186,12 @@ class ExamplesConfig(Section):
     grid_columns: Annotated[int, Field(ge=0)] = 0
     # Merge requests that showed the same slate into one weighted row (docs/design.md,
     # "Examples"). The likelihood is unchanged for every model except mixem, whose E-step is
-    # per list: turn it off for an exact mixem, at the price of one row per request.
+    # per list (request): see merge_on_clicks.
     merge_identical_slates: bool = True
+    # Merge only requests that also clicked alike (the click vector joins the merge key), so a
+    # merged row's requests share one MixEM posterior exactly. null: on when a configured model
+    # is a mixem, off otherwise (it costs rows: clicked slates merge less).
+    merge_on_clicks: Optional[bool] = None
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 
@@ -227,6 +231,10 @@ class TrainConfig(Section):
     epochs: PositiveInt = 15
     batch_size: PositiveInt = 256  # example rows per process and step
     learning_rate: Annotated[float, Field(gt=0)] = 0.003
+    # Every rate decays to 0 over the planned epochs (cosine or linear), or stays constant.
+    # With a constant rate the initialisation seed alone moved NDCG@10 by 0.06 on one data set
+    # (docs/models.md, "Fair training").
+    learning_rate_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 32])
     seed: int = 0

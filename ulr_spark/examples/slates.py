@@ -105,19 +105,28 @@ def requests_to_slates(
 SLATE_KEY = [schema.QUERY_ID, schema.CONTEXT_KEY, schema.SPLIT, schema.SLATE_SIZE, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES]
 
 
-def merge_identical_slates(slates: DataFrame, max_slate_size: int) -> DataFrame:
-    """Merge requests that showed the same slate in the same context into weighted rows.
+def merge_identical_slates(slates: DataFrame, max_slate_size: int, on_clicks: bool = False) -> DataFrame:
+    """Merge requests that showed the same slate in the same context into weighted rows; with
+    ``on_clicks`` only requests that also clicked the same entries (MixEM's exact E-step).
 
     Counts and sums are combined map-side before the shuffle, so a hot query that repeats one
     slate millions of times leaves each task as one partial row.
     """
     checks = RequestChecks.count_columns(slates)
     sums = [F.sum(F.col("request_clicks")[i]).alias(f"clicks_of_entry_{i}") for i in range(max_slate_size)]
-    merged = slates.groupBy(*SLATE_KEY).agg(
+    key = SLATE_KEY + (["request_clicks"] if on_clicks else [])
+    merged = slates.groupBy(*key).agg(
         F.count(F.lit(1)).alias(schema.IMPRESSIONS), *sums, *[F.sum(c).alias(c) for c in checks]
     )
     clicks = F.array(*[F.col(f"clicks_of_entry_{i}").cast("int") for i in range(max_slate_size)])
     return merged.select(*SLATE_KEY, F.col(schema.IMPRESSIONS).cast("long"), clicks.alias(schema.CLICKS), *checks)
+
+
+def merges_on_clicks(config: Config) -> bool:
+    """``examples.merge_on_clicks``, or (when null) whether a configured model is a MixEM."""
+    if config.examples.merge_on_clicks is not None:
+        return config.examples.merge_on_clicks
+    return any(config.train.variant(name)[0] == "mixem" for name in config.train.models)
 
 
 def unmerged_slates(slates: DataFrame) -> DataFrame:
@@ -217,7 +226,10 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     log = log.withColumn(ENCODED, encoder.column())
     checks = RequestChecks(cols, array_length, k)
     slates = requests_to_slates(log, cols, k, checks, encoder.width, ENCODED)
-    merged = merge_identical_slates(slates, k) if config.examples.merge_identical_slates else unmerged_slates(slates)
+    merged = (
+        merge_identical_slates(slates, k, merges_on_clicks(config))
+        if config.examples.merge_identical_slates else unmerged_slates(slates)
+    )
     merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         describe_step(spark, "group requests into slates, count the rules, merge identical slates")

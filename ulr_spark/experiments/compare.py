@@ -8,10 +8,11 @@ transaction per comparison id); the mean and spread go to a Markdown report, and
 learned examination curves to a plot.
 
 A claim "A beats B" is checked on paired differences: for each seed both models were trained
-and measured on the same simulated data, so the gap is the mean over seeds of (A - B) and the
-spread is the standard deviation over seeds of (A - B). The claim holds when the gap exceeds
-the spread (docs/design.md, "Metrics"). Unpaired standard deviations would also count how hard each
-seed's data is, which moves both models together.
+and measured on the same simulated data, so the gap is the mean over seeds of (A - B), the
+spread is the standard deviation over seeds of (A - B), and a paired t-test
+(``scipy.stats.ttest_rel``) gives its p-value. Unpaired standard deviations would also count
+how hard each seed's data is, which moves both models together. The claim kinds are in
+:class:`~ulr_spark.experiments.settings.CompareClaim`.
 
 The report is rebuilt from the Delta tables alone (``--report-only``), so it can be redrawn
 without training again.
@@ -24,7 +25,6 @@ import datetime
 import os
 import platform
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 import pandas as pd
@@ -33,9 +33,9 @@ from pyspark.sql import functions as F
 
 from ulr_spark import schema
 from ulr_spark.config import Config, config_from_dict, load_config
-from ulr_spark.evaluation import BIAS_ERROR
 from ulr_spark.experiments.baselines import train_baselines
-from ulr_spark.experiments.settings import CompareClaim, CompareScenario, compare_settings
+from ulr_spark.experiments.claims import ClaimResult, check_claims, claim_text, control_gaps
+from ulr_spark.experiments.settings import CompareScenario, compare_settings
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_exists
 
 SCENARIO, SEED, COMPARE_ID = schema.SCENARIO, schema.SEED, schema.COMPARE_ID
@@ -116,38 +116,25 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(["mean", "std", "count"]).reset_index().fillna({"std": 0.0})
 
 
-@dataclass(frozen=True)
-class ClaimResult:
-    claim: CompareClaim
-    gap: float  # positive when the claim's direction holds
-    spread: float
-    holds: bool
-
-
-def check_claims(metrics: pd.DataFrame, claims: list[CompareClaim]) -> list[ClaimResult]:
-    """Each claim on the paired per-seed differences (see the module docstring)."""
-    results = []
-    for claim in claims:
-        part = metrics[(metrics[SCENARIO] == claim.scenario) & (metrics[schema.METRIC] == claim.metric)]
-        by_seed = part.pivot_table(index=SEED, columns=schema.MODEL, values=schema.VALUE)
-        if claim.model not in by_seed or claim.beats not in by_seed:
-            results.append(ClaimResult(claim, float("nan"), float("nan"), False))
-            continue
-        sign = -1.0 if claim.metric == BIAS_ERROR else 1.0
-        differences = (sign * (by_seed[claim.model] - by_seed[claim.beats])).dropna()
-        gap = float(differences.mean())
-        spread = float(differences.std()) if len(differences) > 1 else 0.0
-        results.append(ClaimResult(claim, gap, spread, bool(gap > spread)))
-    return results
-
-
 def _metric_order(metric: str) -> tuple:
     return (not metric.startswith("ndcg@"), int(metric.split("@")[1]) if metric.startswith("ndcg@") else 0)
 
 
+def beside_controls(scenarios: list[str], controls: dict[str, str]) -> list[str]:
+    """The scenarios in order, each control right after the scenario it controls."""
+    ordered: list[str] = []
+    for scenario in scenarios:
+        if scenario in controls and controls[scenario] in scenarios:
+            continue
+        ordered.append(scenario)
+        ordered += [c for c in scenarios if controls.get(c) == scenario]
+    return ordered
+
+
 def markdown_report(
     summary: pd.DataFrame, claims: list[ClaimResult], compare_id: str, command: str, seeds: list[int],
-    seconds: Optional[float], plot_path: Optional[str],
+    seconds: Optional[float], plot_path: Optional[str], controls: Optional[dict[str, str]] = None,
+    gaps: Optional[pd.DataFrame] = None,
 ) -> str:
     took = f", in {seconds / 60:.1f} minutes" if seconds is not None else ""
     lines = [
@@ -160,35 +147,54 @@ def markdown_report(
         "",
         f"Seeds: {seeds}. Each cell is the mean ± the standard deviation over seeds. NDCG is "
         "measured on held-out queries over all their candidates; bias_curve_error is the mean "
-        "relative error of the learned examination curve (slots 2..10, relative to slot 1).",
+        "relative error of the learned examination curve (slots 2..10, relative to slot 1); "
+        "distractor_leak is b_d / b_r of the within-query least-squares fit of the relevance score "
+        "on the true relevance and the distractor (0: no leak); blind_share is MixEM's learned "
+        "share of relevance-blind requests.",
         "",
     ]
     if claims:
-        lines += ["## Expected results", "", "| scenario | claim | metric | gap | spread | holds |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Expected results", "", "| scenario | claim | metric | gap | spread | p | holds |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in claims:
-            c = r.claim
             lines.append(
-                f"| {c.scenario} | {c.model} beats {c.beats} | {c.metric} | {r.gap:+.4f} | {r.spread:.4f} | "
-                f"{'yes' if r.holds else '**no**'} |"
+                f"| {r.claim.scenario} | {claim_text(r.claim)} | {r.claim.metric} | {r.gap:+.4f} | {r.spread:.4f} | "
+                f"{'-' if r.p_value != r.p_value else f'{r.p_value:.3g}'} | {'yes' if r.holds else '**no**'} |"
             )
         lines += [
             "",
-            "Gap: the mean over seeds of the paired difference (model minus the one it should beat; "
-            "for bias_curve_error, the other way round). Spread: the standard deviation of that "
-            "difference over seeds. A claim holds when the gap exceeds the spread.",
+            "Gap: the mean over seeds of the paired difference (model minus the one it is compared with; "
+            "for bias_curve_error and distractor_leak, the other way round); for a threshold claim, the "
+            "threshold minus the mean. Spread: the standard deviation of that difference over seeds. p: "
+            "two-sided paired t-test (scipy.stats.ttest_rel). \"beats\" holds when the gap is positive, at "
+            "least the claim's minimum and p < 0.05; \"no significant gap\" holds when the gap is within its "
+            "spread or p >= 0.05.",
             "",
         ]
     metrics = sorted(summary[schema.METRIC].unique(), key=_metric_order)
-    for scenario in summary[SCENARIO].unique():
+    controls = controls or {}
+    for scenario in beside_controls(list(summary[SCENARIO].unique()), controls):
         part = summary[summary[SCENARIO] == scenario]
-        lines += [f"## {scenario}", "", "| model | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        title = f"## {scenario}" + (f" (control of {controls[scenario]})" if scenario in controls else "")
+        present = [m for m in metrics if m in set(part[schema.METRIC])]
+        lines += [title, "", "| model | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
         ndcg10 = part[part[schema.METRIC] == "ndcg@10"].set_index(schema.MODEL)["mean"]
         for model in sorted(part[schema.MODEL].unique(), key=lambda m: -ndcg10.get(m, -1)):
             cells = []
-            for metric in metrics:
+            for metric in present:
                 row = part[(part[schema.MODEL] == model) & (part[schema.METRIC] == metric)]
                 cells.append("-" if row.empty else f"{row['mean'].iloc[0]:.4f} ± {row['std'].iloc[0]:.4f}")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if gaps is not None and len(gaps):
+        lines += [
+            "## Scenario minus its control (ndcg@10, paired by seed)", "",
+            "| scenario | control | model | gap | spread |", "|---|---|---|---|---|",
+        ]
+        for g in gaps.itertuples(index=False):
+            lines.append(f"| {g[0]} | {g.control} | {g.model} | {g.gap:+.4f} | {g.spread:.4f} |")
         lines.append("")
     if plot_path:
         lines += [f"![true and learned examination curves]({os.path.basename(plot_path)})", ""]
@@ -245,12 +251,15 @@ def write_report(
     if cc.report:
         os.makedirs(os.path.dirname(os.path.abspath(cc.report)), exist_ok=True)
         with open(cc.report, "w") as handle:
-            handle.write(markdown_report(summary, claims, compare_id, command, list(cc.seeds), seconds, cc.plot))
+            controls = {s.name: s.control_of for s in cc.scenarios if s.control_of}
+            handle.write(markdown_report(
+                summary, claims, compare_id, command, list(cc.seeds), seconds, cc.plot, controls, control_gaps(metrics, controls)
+            ))
         print(f"compare: report written to {cc.report}")
     for r in claims:
         c = r.claim
         verdict = "holds" if r.holds else "does NOT hold"
-        print(f"claim [{c.scenario}] {c.model} beats {c.beats} on {c.metric}: gap {r.gap:+.4f}, spread {r.spread:.4f} -> {verdict}")
+        print(f"claim [{c.scenario}] {claim_text(c)} on {c.metric}: gap {r.gap:+.4f}, spread {r.spread:.4f}, p {r.p_value:.3g} -> {verdict}")
     return summary
 
 

@@ -3,7 +3,7 @@ runs, and which claims its report checks. Validated only when a config has this 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -24,21 +24,36 @@ class CompareScenario(PositionalSection):
     name: Annotated[str, Field(min_length=1)]
     config: Annotated[str, Field(min_length=1)]  # YAML path, relative to the working directory
     settings: dict[str, Any] = Field(default_factory=dict)
+    # The scenario this one is a control of: the report shows it right after that one.
+    control_of: str = ""
 
 
 class CompareClaim(PositionalSection):
-    """An expected result, checked in the report: ``model`` beats ``beats`` on ``metric`` in
-    ``scenario`` by more than the spread over seeds (for bias_curve_error: lower is better)."""
+    """An expected result, checked in the report on the per-seed paired differences of
+    ``model`` minus ``beats`` on ``metric`` in ``scenario`` (for bias_curve_error and
+    distractor_leak lower is better, so the sign is turned):
+
+    - ``beats``: the mean gap is at least ``min_gap`` and a paired t-test gives p < ``alpha``
+      (with a single seed: the gap exceeds ``min_gap`` and 0);
+    - ``no_gap``: ``model`` does not beat ``beats``: the gap is at most its spread, or p >= alpha;
+    - ``below``: the mean of ``model`` on ``metric`` is below ``threshold`` (``beats`` unused);
+    - ``near``: the mean of ``model`` on ``metric`` is within ``threshold`` of ``target``.
+    """
 
     scenario: str = ""
     model: str = ""
     beats: str = ""
     metric: str = "ndcg@10"
+    expect: Literal["beats", "no_gap", "below", "near"] = "beats"
+    min_gap: float = 0.0
+    threshold: Optional[float] = None
+    target: Optional[float] = None
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
 
 
 class CompareConfig(Section):
     scenarios: list[CompareScenario] = Field(default_factory=list)
-    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [1, 2, 3])
+    seeds: Annotated[list[int], Field(min_length=1)] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     baselines: list[str] = Field(default_factory=lambda: list(BASELINES))
     baseline_rounds: Annotated[int, Field(ge=1)] = 200
     baseline_max_rows: Annotated[int, Field(ge=1)] = 5_000_000  # the boosted trees train on the driver
@@ -55,6 +70,12 @@ class CompareConfig(Section):
             require(name in BASELINES, "baselines", f"unknown baseline {name!r}; known: {list(BASELINES)}")
         for claim in self.claims:
             require(claim.scenario in names, "claims", f"scenario {claim.scenario!r} is not one of {names}")
+            require(claim.expect not in ("below", "near") or claim.threshold is not None, "claims",
+                    f"an expect: {claim.expect} claim needs a threshold")
+            require(claim.expect != "near" or claim.target is not None, "claims", "an expect: near claim needs a target")
+        for scenario in self.scenarios:
+            require(not scenario.control_of or scenario.control_of in names, "scenarios",
+                    f"{scenario.name}: control_of {scenario.control_of!r} is not one of {names}")
         return self
 
 

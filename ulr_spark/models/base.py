@@ -90,24 +90,30 @@ class NaiveModel(ClickModel):
 class TwoTowerModel(ClickModel):
     """A relevance tower r and a bias tower o combined by :meth:`combine`.
 
-    Two options against confounding (Zhang et al., "Towards disentangling relevance and bias
-    in unbiased learning to rank", KDD 2023), on every two-tower model:
+    Two options against a confounded logging ranker (Zhang et al., "Towards disentangling
+    relevance and bias in unbiased learning to rank", KDD 2023), on every two-tower model:
 
-    - ``bias_dropout``: dropout on the bias tower's output while training, so the relevance
-      tower must explain clicks without it part of the time.
-    - ``gradient_reversal`` (lambda): an adversary reads the relevance output and predicts the
-      item's bias output (a detached target); its gradient into the relevance tower is
-      multiplied by -lambda, which pushes position information out of the relevance score.
+    - ``bias_dropout`` p: while training, each item's bias output is replaced, with probability
+      p, by :meth:`dropped_bias` (the value that leaves the click probability to relevance
+      alone), so the relevance tower must explain clicks without the slot part of the time.
+      The kept offsets are not rescaled: a 1/(1-p) rescale, as ``nn.Dropout`` does, would
+      distort the learned curve that serving-time analysis reads.
+    - ``gradient_reversal`` lambda: an adversary reads each item's bias output and predicts its
+      (detached, batch-standardised) relevance output; the adversary minimises the bounded
+      error rho(e) = e^2 / (1 + e^2), and its gradient into the bias tower is multiplied by
+      -lambda, which pushes relevance out of the bias side. Bounded, so the bias tower cannot
+      win by moving its output without limit.
     """
 
     has_bias_tower = True
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
-        self.bias_dropout = nn.Dropout(spec.bias_dropout) if spec.bias_dropout > 0 else nn.Identity()
         self.adversary: Optional[nn.Module] = None
         if spec.gradient_reversal > 0:
-            self.adversary = nn.Linear(self.relevance_outputs(), self.bias_outputs())
+            self.adversary = nn.Sequential(
+                nn.Linear(self.bias_outputs(), 16), nn.ReLU(), nn.Linear(16, self.relevance_outputs())
+            )
 
     def bias_outputs(self) -> int:
         return 1
@@ -122,9 +128,29 @@ class TwoTowerModel(ClickModel):
         """Click logits from the two towers' outputs."""
         raise NotImplementedError
 
+    def dropped_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """What a dropped bias output is replaced by: here offset 0 (the click logit is the
+        relevance alone); a model whose bias is not a logit offset overrides it."""
+        return torch.zeros_like(bias)
+
+    def drop_bias(self, bias: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The bias with each item's output dropped with probability ``bias_dropout`` (training only)."""
+        p = self.spec.bias_dropout
+        if not self.training or p <= 0:
+            return bias
+        dropped = torch.rand(positions.shape, device=bias.device) < p
+        if bias.dim() > positions.dim():
+            dropped = dropped.unsqueeze(-1)
+        return torch.where(dropped, self.dropped_bias(bias), bias)
+
     def forward(self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
         relevance, bias = self.towers(features, positions, context_ids)
-        return self.combine(relevance, self.bias_dropout(bias))
+        return self.combine(relevance, self.drop_bias(bias, positions))
+
+    def regulariser(self, impressions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | float:
+        """A penalty added to the summed loss of the last :meth:`towers` call, weighted by the
+        impressions [B] of its rows (0: none)."""
+        return 0.0
 
     def loss(
         self,
@@ -135,8 +161,9 @@ class TwoTowerModel(ClickModel):
         impressions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         relevance, bias = self.towers(features, positions, context_ids)
-        logits = self.combine(relevance, self.bias_dropout(bias))
+        logits = self.combine(relevance, self.drop_bias(bias, positions))
         loss, weight = summed_click_nll(logits, clicks, impressions, positions)
+        loss = loss + self.regulariser(impressions, positions)
         if self.adversary is not None:
             loss = loss + self.adversary_loss(relevance, bias, impressions, positions)
         return loss, weight
@@ -144,13 +171,21 @@ class TwoTowerModel(ClickModel):
     def adversary_loss(
         self, relevance: torch.Tensor, bias: torch.Tensor, impressions: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        """Impression-weighted squared error of the adversary's guess of the bias output."""
+        """Impression-weighted bounded error sum_i n rho(guess_i - z_i) of the adversary, z the
+        relevance output standardised over the batch's real slots (see the class docstring)."""
         assert self.adversary is not None
 
         def per_item(t: torch.Tensor) -> torch.Tensor:
             return t.unsqueeze(-1) if t.dim() == positions.dim() else t
 
-        guess = self.adversary(per_item(reverse_gradient(relevance, self.spec.gradient_reversal)))
-        error = (guess - per_item(bias.detach())).pow(2).sum(-1)
+        real = (positions > 0).unsqueeze(-1)
+        target = per_item(relevance.detach())
+        count = real.sum().clamp(min=1)
+        mean = (target * real).sum((0, 1)) / count
+        std = (((target - mean) * real).pow(2).sum((0, 1)) / count).sqrt().clamp(min=1e-6)
+        target = (target - mean) / std
+        guess = self.adversary(reverse_gradient(per_item(bias), self.spec.gradient_reversal))
+        squared = (guess - target).pow(2)
+        error = (squared / (1.0 + squared)).sum(-1)
         weight = impressions.unsqueeze(-1) * (positions > 0)
         return (error * weight).sum()

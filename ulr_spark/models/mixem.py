@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from ulr_spark.models.base import TwoTowerModel
 from ulr_spark.models.losses import per_row_click_nll, slot_impressions
 from ulr_spark.models.spec import ModelSpec
-from ulr_spark.models.towers import PositionBiasTower
+from ulr_spark.models.towers import PositionBiasTower, starting_curve
 
 
 class MixEMTwoTower(TwoTowerModel):
@@ -27,26 +27,51 @@ class MixEMTwoTower(TwoTowerModel):
     component ignore relevance (people who click the top slot whatever it shows), which a
     component with only its own bias tower could not express.
 
+    With ``mixem_blind_component`` the last component's gain is fixed at 0: a relevance-blind
+    component (people who click the top slots whatever they show), whose prior is the share of
+    such requests. Every component's bias starts at a decreasing curve (``bias_init``), shifted
+    apart so that EM can separate them; the blind one starts twice as steep.
+
     EM, run on each batch: the E-step computes each list's posterior over components from its
     log-likelihood under each component (no gradient through it); the M-step minimises the
-    posterior-weighted negative log-likelihood, priors included. A merged row of n identical
-    slates is treated as n lists that share one posterior, computed from their mean
-    log-likelihood: exact when the merged requests clicked alike, an approximation otherwise.
+    posterior-weighted negative log-likelihood, priors included. The posterior is a property of
+    one request's clicks: a merged row of n requests shares one posterior, which is exact only
+    when the n requests clicked alike. build-examples therefore merges on the click vector too
+    when a MixEM model is configured (``examples.merge_on_clicks``, docs/models.md), and train
+    warns when the examples were merged without it.
     With ``mixem_skip_unclicked`` lists without a click get zero weight, as in TF-Ranking.
 
     Forward (for reading curves and for anything that needs one click probability) returns
     the logit of the marginal sum_m pi_m P_m(click).
     """
 
+    gain_mask: torch.Tensor
+
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
         m = spec.mixem_components
         self.bias_tower = PositionBiasTower(spec.max_slate_size, spec.num_contexts, outputs=m, vector=True)
+        blind = spec.mixem_blind_component and m > 1
         # Components must start apart or EM keeps them identical.
+        curves = [starting_curve(spec.max_slate_size, spec.bias_init) + shift for shift in torch.linspace(-1.0, 1.0, m).tolist()]
+        if blind:
+            curves[-1] = starting_curve(spec.max_slate_size, spec.bias_init, steepness=2.0)
+        start = torch.stack(curves, -1)  # [slots, m]
         with torch.no_grad():
-            self.bias_tower.table.weight.copy_(torch.linspace(-1.0, 1.0, m).expand_as(self.bias_tower.table.weight))
+            self.bias_tower.table.weight.copy_(start.repeat(spec.num_contexts, 1))
         self.gain_logits = nn.Parameter(torch.full((m,), math.log(math.e - 1.0)))  # softplus -> 1
+        self.register_buffer("gain_mask", torch.ones(m))
+        if blind:
+            self.gain_mask[-1] = 0.0
         self.prior_logits = nn.Parameter(torch.zeros(m))
+
+    def gains(self) -> torch.Tensor:
+        """a_m [M]: softplus(g_m), and 0 for the relevance-blind component."""
+        return F.softplus(self.gain_logits) * self.gain_mask
+
+    def component_shares(self) -> torch.Tensor:
+        """pi [M]: the prior share of requests of each component (the last is the blind one)."""
+        return torch.softmax(self.prior_logits, -1)
 
     def bias_outputs(self) -> int:
         return self.spec.mixem_components
@@ -58,7 +83,7 @@ class MixEMTwoTower(TwoTowerModel):
 
     def combine(self, relevance: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Per-component logits [B, K, M]."""
-        return F.softplus(self.gain_logits) * relevance.unsqueeze(-1) + bias
+        return self.gains() * relevance.unsqueeze(-1) + bias
 
     def forward(self, features: torch.Tensor, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
         relevance, bias = self.towers(features, positions, context_ids)
@@ -87,7 +112,7 @@ class MixEMTwoTower(TwoTowerModel):
         impressions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         relevance, bias = self.towers(features, positions, context_ids)
-        component_logits = self.combine(relevance, self.bias_dropout(bias))
+        component_logits = self.combine(relevance, self.drop_bias(bias, positions))
         nll = self.component_nll(component_logits, clicks, impressions, positions)  # [B, M]
         log_prior = F.log_softmax(self.prior_logits, -1)
         n = impressions.clamp(min=1).unsqueeze(-1)
@@ -95,7 +120,7 @@ class MixEMTwoTower(TwoTowerModel):
             posterior = torch.softmax(log_prior - nll / n, -1)
             if self.spec.mixem_skip_unclicked:
                 posterior = posterior * (clicks.sum(-1, keepdim=True) > 0)
-        loss = (posterior * (nll - n * log_prior)).sum()
+        loss = (posterior * (nll - n * log_prior)).sum() + self.regulariser(impressions, positions)
         if self.adversary is not None:
             loss = loss + self.adversary_loss(relevance, bias, impressions, positions)
         return loss, slot_impressions(impressions, positions)

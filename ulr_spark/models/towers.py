@@ -81,22 +81,47 @@ class PositionBiasTower(nn.Module):
 
     positions [B, K] (1-based, 0 = padding) and context_ids [B] -> [B, K] (or [B, K, outputs]
     when ``vector``). Padding slots never receive a gradient through the masked loss.
+
+    ``init`` is the starting value of every cell, or a curve over slots 0..max_slate_size
+    (:func:`starting_curve`) repeated in every context and output.
     """
 
     def __init__(
-        self, max_slate_size: int, num_contexts: int, outputs: int = 1, init: float = 0.0, vector: bool = False
+        self, max_slate_size: int, num_contexts: int, outputs: int = 1, init: float | torch.Tensor = 0.0,
+        vector: bool = False,
     ):
         super().__init__()
         self.slots = max_slate_size + 1
         self.outputs = outputs
         self.vector = vector or outputs > 1
         self.table = nn.Embedding(num_contexts * self.slots, outputs)
-        nn.init.constant_(self.table.weight, init)
+        with torch.no_grad():
+            if isinstance(init, torch.Tensor):
+                self.table.weight.copy_(init.to(self.table.weight.dtype).repeat(num_contexts).unsqueeze(-1).expand_as(self.table.weight))
+            else:
+                nn.init.constant_(self.table.weight, init)
 
     def forward(self, positions: torch.Tensor, context_ids: torch.Tensor) -> torch.Tensor:
         index = context_ids.unsqueeze(-1) * self.slots + positions
         out = self.table(index)
         return out if self.vector else out.squeeze(-1)
+
+
+def starting_curve(max_slate_size: int, kind: str, steepness: float = 1.0) -> torch.Tensor:
+    """Starting bias of slots 0..max_slate_size ([max_slate_size + 1], slot 0 = padding = 0):
+    ``log_rank`` gives -steepness * log k, a decreasing curve (examination proportional to
+    k^-steepness, the shape click logs show); ``zero`` a flat one. On a grid k is the
+    row-major slot index.
+
+    Raises:
+        ValueError: an unknown kind.
+    """
+    if kind == "zero":
+        return torch.zeros(max_slate_size + 1)
+    if kind != "log_rank":
+        raise ValueError(f"bias_init must be 'log_rank' or 'zero', not {kind!r}")
+    slots = torch.arange(max_slate_size + 1, dtype=torch.float32).clamp(min=1)
+    return -steepness * torch.log(slots)
 
 
 class _ReverseGradient(torch.autograd.Function):

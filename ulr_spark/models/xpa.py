@@ -10,7 +10,7 @@ from torch import nn
 from ulr_spark.models.base import TwoTowerModel
 from ulr_spark.models.curves import PageSample
 from ulr_spark.models.spec import ModelSpec
-from ulr_spark.models.towers import PositionBiasTower
+from ulr_spark.models.towers import PositionBiasTower, starting_curve
 
 
 class CrossPositionalAttentionTower(nn.Module):
@@ -21,7 +21,10 @@ class CrossPositionalAttentionTower(nn.Module):
     the page are built from their relevance features, their (detached) relevance logit and
     their slot embeddings. On a grid a slot embedding is a row embedding plus a column
     embedding, so "left of" and "above" are different neighbours. The table b keeps the
-    plain position effect; attention adds what the neighbours change.
+    plain position effect (starting at ``bias_init``); attention adds what the neighbours
+    change. Regularised (``attention_dropout`` on the attention weights while training, and the
+    model's L2 penalty on the attention offset), because with free attention XPA overfitted a
+    sparse real search log.
 
     features [B, K, D], item_relevance [B, K], positions [B, K], context_ids [B] -> [B, K].
     """
@@ -31,7 +34,9 @@ class CrossPositionalAttentionTower(nn.Module):
         h = spec.attention_dim
         k = spec.max_slate_size
         self.grid_columns = spec.grid_columns
-        self.base = PositionBiasTower(k, spec.num_contexts)
+        self.base = PositionBiasTower(k, spec.num_contexts, init=starting_curve(k, spec.bias_init))
+        self.attention_dropout = nn.Dropout(spec.attention_dropout)
+        self.last_offset: torch.Tensor | None = None  # what attention added, for the penalty
         if spec.grid_columns > 0:
             rows = math.ceil(k / spec.grid_columns)
             self.row_embedding = nn.Embedding(rows + 1, h)
@@ -85,8 +90,9 @@ class CrossPositionalAttentionTower(nn.Module):
         others = (positions > 0).unsqueeze(1) & (positions.unsqueeze(1) != query_positions.unsqueeze(-1))
         scores = scores.masked_fill(~others, float("-inf"))
         attention = torch.nan_to_num(torch.softmax(scores, -1))  # a lone item attends to nothing
-        attended = attention @ v
+        attended = self.attention_dropout(attention) @ v
         offset = self.out(torch.cat([queries, attended], -1)).squeeze(-1)
+        self.last_offset = offset
         out: torch.Tensor = self.base(query_positions, context_ids) + offset
         return out
 
@@ -94,7 +100,8 @@ class CrossPositionalAttentionTower(nn.Module):
 class XPATwoTower(TwoTowerModel):
     """P(click) = sigma(r(x_i) + o(p_i, c, {(x_j, p_j) : j != i})): the additive model with a
     cross-positional attention bias tower, so the examination of a slot may depend on what
-    is shown around it (lists and grids)."""
+    is shown around it (lists and grids). Training adds attention_offset_penalty *
+    sum_i n_i (o_i - b[c, p_i])^2, the L2 penalty on what attention adds to the position table."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
@@ -112,6 +119,15 @@ class XPATwoTower(TwoTowerModel):
 
     def combine(self, relevance: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return relevance + bias
+
+    def regulariser(self, impressions: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | float:
+        """attention_offset_penalty * sum over slot impressions of (attention offset)^2."""
+        offset = self.bias_tower.last_offset
+        if self.spec.attention_offset_penalty <= 0 or offset is None:
+            return 0.0
+        weight = impressions.to(offset.dtype).unsqueeze(-1) * (positions > 0)
+        penalty: torch.Tensor = self.spec.attention_offset_penalty * (offset.pow(2) * weight).sum()
+        return penalty
 
     def placed_click_probability(self, pages: PageSample, context_id: int, slots: torch.Tensor) -> torch.Tensor:
         """Item j of page n in slot s takes the bias slot s has on page n (attending over the

@@ -1,6 +1,23 @@
 """The simulated catalogue: queries, their candidate items, features and true labels, drawn on
 the driver with numpy from a hidden function of synthetic features or from a LETOR file, and
-the true examination curve (docs/design.md, "Simulator")."""
+the true examination curve (docs/design.md, "Simulator").
+
+Besides the label, each (query, item) carries the true relevance score the labels are cut from,
+the distractor score u(x) the logging ranker rewards although it is not relevance, and a
+``salient`` flag (a badge or a thumbnail: what the ``context`` scenario's neighbours react to
+under ``neighbour_signal: salience``). An item is salient when its score along a random feature
+direction w_s, orthogonal to the linear relevance direction, is in the top ``salient_share`` of
+the whole catalogue: salience is visible in the features but is not relevance.
+
+``hidden_relevance`` adds relevance that no feature shows: with h ~ N(0, 1) per (query, item),
+
+    relevance = standardise(f(x) + hidden_relevance * h)
+
+before the labels are cut, so h moves the labels and the logging ranker's relevance term (a
+ranker that knows more than the features, as production rankers with their own signals do)
+but never the features. Both new draws come after every older draw of the seeded generator, so
+the catalogue of a config that leaves them at their defaults is the one it always was.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +35,7 @@ from ulr_spark.simulation.settings import SimulateConfig
 class SimulatedTruth:
     """What the simulator knows and the models must recover."""
 
-    catalogue: pd.DataFrame  # query_id, item_id, features, label, split, relevance, distractor
+    catalogue: pd.DataFrame  # query_id, item_id, features, label, split, relevance, distractor, salient
     examination: np.ndarray  # true examination of slots 1..slate_size
 
 
@@ -41,9 +58,26 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / max(float(values.std()), 1e-12)
 
 
+# Per-item flag of the catalogue (0/1): the item stands out on the page whatever its relevance.
+SALIENT = "salient"
+
+
+def _top_share(score: np.ndarray, share: float) -> np.ndarray:
+    """1 for the round(share * n) highest scores (ties broken by position), else 0."""
+    flags = np.zeros(len(score), dtype=np.int32)
+    flags[np.argsort(-score, kind="stable")[: int(round(share * len(score)))]] = 1
+    return flags
+
+
+def _orthogonal(w: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """w without its component along ``direction`` (w itself when direction is 0)."""
+    norm = float(direction @ direction)
+    return w - (w @ direction) / norm * direction if norm > 0 else w
+
+
 def _catalogue_frame(
     query_index: np.ndarray, features: np.ndarray, labels: np.ndarray, heldout_queries: np.ndarray,
-    relevance: np.ndarray, distractor: np.ndarray, prefix: str = "q",
+    relevance: np.ndarray, distractor: np.ndarray, salient: np.ndarray, prefix: str = "q",
 ) -> pd.DataFrame:
     """One row per (query, candidate item); ``query_index`` is contiguous per query."""
     within = np.zeros(len(query_index), dtype=np.int64)
@@ -59,8 +93,9 @@ def _catalogue_frame(
             schema.FEATURES: list(features.astype(np.float32)),
             schema.LABEL: labels.astype(np.int32),
             schema.SPLIT: np.where(heldout_queries[query_index], schema.SPLIT_HELDOUT, schema.SPLIT_TRAIN),
-            "relevance": relevance.astype(np.float64),
-            "distractor": distractor.astype(np.float64),
+            schema.TRUE_RELEVANCE: relevance.astype(np.float64),
+            schema.DISTRACTOR: distractor.astype(np.float64),
+            SALIENT: salient.astype(np.int32),
         }
     )
 
@@ -88,12 +123,20 @@ def draw_synthetic_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
     w_u = rng.normal(size=d)
     w_u -= w_u @ w_lin / (w_lin @ w_lin) * w_lin
     distractor = _standardise(x @ w_u)
+    heldout = _heldout(rng, q, cfg.heldout_fraction)
+
+    # Drawn after every older draw, so that they change no catalogue drawn before they existed.
+    # Salience is orthogonal to the linear part of relevance, as the distractor is.
+    w_s = _orthogonal(rng.normal(size=d), w_lin)
+    salient = _top_share((x @ w_s).reshape(-1), cfg.salient_share)
+    hidden = rng.normal(size=(q, c))
+    if cfg.hidden_relevance > 0:  # at 0, the relevance is left bit for bit as it was
+        relevance = _standardise(relevance + cfg.hidden_relevance * hidden)
 
     labels = _labels_from_relevance(relevance, cfg.label_shares)
-    heldout = _heldout(rng, q, cfg.heldout_fraction)
     return _catalogue_frame(
         np.repeat(np.arange(q), c), x.reshape(q * c, d), labels.reshape(-1), heldout,
-        relevance.reshape(-1), distractor.reshape(-1),
+        relevance.reshape(-1), distractor.reshape(-1), salient,
     )
 
 
@@ -104,7 +147,8 @@ LETOR_RANKER_ERROR = 0.5
 def draw_letor_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
     """Truth and features from LETOR files (docs/design.md, "Simulator"): labels as given; the logging
     ranker sees the label with a fixed per-item error, plus a random feature direction as the
-    distractor."""
+    distractor. Salience is a random feature direction too, orthogonal to the least-squares
+    direction of the labels (the linear relevance direction of the file)."""
     rng = np.random.default_rng(cfg.seed)
     parts = [(read_letor(cfg.letor.train_path), False)]
     if cfg.letor.test_path:
@@ -128,8 +172,17 @@ def draw_letor_catalogue(cfg: SimulateConfig) -> pd.DataFrame:
     y = np.concatenate(labels)
     relevance = _standardise(y + LETOR_RANKER_ERROR * rng.normal(size=len(y)))
     distractor = _standardise(x @ rng.normal(size=x.shape[1]))
+    # Least squares of the labels on the centred features, by the normal equations: no centred
+    # copy of a large file's features is made.
+    mean = x.mean(axis=0, dtype=np.float64)
+    gram = (x.T @ x).astype(np.float64) - len(x) * np.outer(mean, mean)
+    w_lin = np.linalg.lstsq(gram, x.T @ (y - y.mean()).astype(x.dtype), rcond=None)[0]
+    w_s = _orthogonal(rng.normal(size=x.shape[1]), w_lin)
+    salient = _top_share(x @ w_s.astype(x.dtype), cfg.salient_share)
     sort = np.argsort(query_index, kind="stable")
-    return _catalogue_frame(query_index[sort], x[sort], y[sort], heldout, relevance[sort], distractor[sort])
+    return _catalogue_frame(
+        query_index[sort], x[sort], y[sort], heldout, relevance[sort], distractor[sort], salient[sort]
+    )
 
 
 def draw_catalogue(cfg: SimulateConfig) -> SimulatedTruth:

@@ -44,9 +44,13 @@ class LetorConfig(Section):
 class SimulateConfig(Section):
     # pbm: one examination curve. mixture: a share of requests come from people who click the
     # top slots whatever they show. context: the examination of a slot drops next to a very
-    # attractive item (list neighbours, or left/right/above/below on a grid). confounded: pbm
-    # clicks under a strong logging ranker (set in logging_ranker).
-    scenario: Literal["pbm", "mixture", "context", "confounded"] = "pbm"
+    # attractive (or, with neighbour_signal salience, a salient) item: list neighbours, or
+    # left/right/above/below on a grid; with layout blended the page alternates salient and plain
+    # items. confounded: pbm clicks under a strong logging ranker (set in logging_ranker) that
+    # also sees relevance no feature shows (hidden_relevance). trust: trust bias (Agarwal et
+    # al., WWW 2019), P(click | k, y) = theta_k * (a(y) * (1 - (k + 1) / 100) + (1 - a(y)) *
+    # 0.65 / k): people also click irrelevant items, the more so the higher they are shown.
+    scenario: Literal["pbm", "mixture", "context", "confounded", "trust"] = "pbm"
     # synthetic: features and labels from a hidden function; letor: from the `letor` files.
     source: Literal["synthetic", "letor"] = "synthetic"
     letor: LetorConfig = Field(default_factory=LetorConfig)
@@ -82,9 +86,22 @@ class SimulateConfig(Section):
     # (0 below), whatever the item.
     mixture_share: Share = 0.3
     mixture_top_clicks: list[Share] = Field(default_factory=lambda: [0.7, 0.3, 0.1])
-    # context: examination is multiplied by 1 - neighbour_effect * (largest attraction among
-    # the slot's neighbours).
+    # context: examination is multiplied by 1 - neighbour_effect * (largest signal among the
+    # slot's neighbours); the signal is the neighbour's attraction P(attracted | y), or its
+    # salient flag (0/1) with neighbour_signal salience.
     neighbour_effect: Share = 0.6
+    neighbour_signal: Literal["attraction", "salience"] = "attraction"
+    # context: sorted shows the logging ranker's top slate_size; blended alternates salient
+    # items (slots 1, 3, 5, ...) and plain ones (2, 4, ...), each class in the ranker's order,
+    # and fills with the other class in score order when one runs out.
+    layout: Literal["sorted", "blended"] = "sorted"
+    # Salient items: the top salient_share of the catalogue along a random feature direction
+    # orthogonal to relevance (a badge, a thumbnail): visible in the features, not relevance.
+    salient_share: Share = 0.3
+    # Relevance the features do not show: true relevance = standardise(f(x) + hidden_relevance
+    # * h), h ~ N(0, 1) per (query, item), before the labels are cut; the logging ranker's
+    # relevance term sees it, no feature does. 0 keeps the catalogue as it was. Synthetic only.
+    hidden_relevance: Annotated[float, Field(ge=0)] = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> SimulateConfig:
@@ -101,6 +118,15 @@ class SimulateConfig(Section):
             "label_shares",
             "must be non-negative and sum to 1",
         )
+        for key, value, default in (("layout", self.layout, "sorted"), ("neighbour_signal", self.neighbour_signal, "attraction")):
+            require(value == default or self.scenario == "context", key, f"{value!r} needs scenario 'context'")
+        require(
+            self.hidden_relevance == 0 or self.source == "synthetic",
+            "hidden_relevance",
+            "needs source 'synthetic' (a LETOR file's labels are given)",
+        )
+        # Trust bias's P(click | relevant, slot k) = 1 - (k + 1) / 100 must stay positive.
+        require(self.scenario != "trust" or self.slate_size <= 98, "slate_size", "must be <= 98 under scenario 'trust'")
         try:
             datetime.date.fromisoformat(self.start_date)
         except ValueError:

@@ -15,7 +15,16 @@ per-query offset. The logging ranker scores ``relevance_weight * f(x) + distract
 u(x) + noise``, where u is a feature direction unrelated to relevance. Clicks therefore
 over-reward items with a high u(x) only through their better slots: a naive model learns u,
 a debiased one should not. The per-request noise of the randomised requests moves items across
-slots, which is what makes relevance and position identifiable (Hager et al., 2025).
+slots, which is what makes relevance and position identifiable (Hager et al., 2025). With
+``hidden_relevance`` the ranker's relevance term (and the labels) also hold relevance that no
+feature shows (``confounded``; ulr_spark.simulation.catalogue).
+
+The other scenarios (formulas in ulr_spark.simulation.scenarios): ``mixture`` adds requests that
+click the top slots whatever they show; ``context`` lowers the examination of a slot next to an
+attractive or a salient item, on a page sorted by the ranker or blended (salient and plain
+items alternating); ``trust`` adds trust bias,
+
+    P(click | slot k, item) = theta_k * (a(y) * (1 - (k + 1) / 100) + (1 - a(y)) * 0.65 / k).
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from pyspark.sql import types as T
 from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
 from ulr_spark.io.delta import PROPERTY_PREFIX, Provenance, overwrite_table, read_table, table_exists, table_properties
-from ulr_spark.simulation.catalogue import SimulatedTruth, attraction, draw_catalogue
+from ulr_spark.simulation.catalogue import SALIENT, SimulatedTruth, attraction, draw_catalogue
+from ulr_spark.simulation.scenarios import blended_slate, neighbour_max, trust_click
 from ulr_spark.simulation.settings import SimulateConfig, simulation_settings
 
 _HASH_RANGE = 2**53
@@ -54,26 +64,6 @@ def hashed_normal(*columns: F.Column, salt: int) -> F.Column:
     return F.sqrt(-2.0 * F.log(u1)) * F.cos(2.0 * np.pi * u2)
 
 
-def _neighbour_attraction(grid_columns: int) -> F.Column:
-    """The largest attraction among the slot's neighbours on the page (0 when it has none):
-    the slots just before and after it in a list; left, right, above and below on a grid.
-
-    Reads the page's ``attractions`` array at the 0-based ``index`` of the slot; ``get``
-    returns null outside the array, which counts as no neighbour."""
-    a, i = F.col("attractions"), F.col("index")
-    if grid_columns <= 0:
-        neighbours = [F.get(a, i - 1), F.get(a, i + 1)]
-    else:
-        column = F.pmod(i, F.lit(grid_columns))
-        neighbours = [
-            F.when(column > 0, F.get(a, i - 1)),
-            F.when(column < grid_columns - 1, F.get(a, i + 1)),
-            F.get(a, i - grid_columns),
-            F.get(a, i + grid_columns),
-        ]
-    return F.greatest(*[F.coalesce(n, F.lit(0.0)) for n in neighbours])
-
-
 def _query_rank(cfg: SimulateConfig, n_train: int) -> F.Column:
     """The popularity rank (0-based) of the training query a request asks.
 
@@ -91,12 +81,14 @@ def _query_rank(cfg: SimulateConfig, n_train: int) -> F.Column:
     return F.least(F.floor(x).cast("long") - 1, F.lit(n_train - 1))
 
 
-def _ranked_slate(cfg: SimulateConfig) -> F.Column:
-    """The top ``slate_size`` of the request's ``candidates`` array under the logging ranker.
+def _ranked_slate(pages: DataFrame, cfg: SimulateConfig) -> DataFrame:
+    """Adds column ``slate``: the candidates the logging ranker shows, from the request's
+    ``candidates`` array: its top ``slate_size`` (layout sorted), or salient and plain
+    candidates alternating, each class in the ranker's order (layout blended).
 
     A randomised request adds fresh noise per (request, item); the others add the ranker's
-    fixed error per item, so they all show the query's usual slate. Only (key, index) pairs
-    are sorted, and the chosen candidates are picked by index afterwards.
+    fixed error per item, so they all show the query's usual slate. Only (key, index, salient)
+    entries are sorted, and the chosen candidates are picked by index afterwards.
     """
     lr = cfg.logging_ranker
     if cfg.randomised_share >= 1.0:
@@ -109,20 +101,30 @@ def _ranked_slate(cfg: SimulateConfig) -> F.Column:
         fixed = hashed_normal(candidate[schema.ITEM_ID], salt=cfg.seed + 11)
         noise = F.when(randomised, fresh).otherwise(fixed)
         score = candidate["base_score"] + F.lit(lr.noise) * noise
-        return F.struct((-score).alias("key"), index.alias("index"))
+        # The index is unique, so salient never decides the order; blended reads it.
+        return F.struct((-score).alias("key"), index.alias("index"), candidate[SALIENT].alias("salient"))
 
-    order = F.array_sort(F.transform(F.col("candidates"), sort_key))
-    top = F.slice(order, 1, cfg.slate_size)
-    return F.transform(top, lambda entry: F.element_at(F.col("candidates"), entry["index"] + 1))
+    pages = pages.withColumn("order", F.array_sort(F.transform(F.col("candidates"), sort_key)))
+    if cfg.layout == "blended":
+        salient_first = hashed_uniform(F.col("request_index"), salt=cfg.seed + 23) < 0.5
+        pages = blended_slate(pages, "order", cfg.slate_size, into="top", salient_first=salient_first)
+    else:
+        pages = pages.withColumn("top", F.slice("order", 1, cfg.slate_size))
+    slate = F.transform("top", lambda entry: F.element_at(F.col("candidates"), entry["index"] + 1))
+    return pages.withColumn("slate", slate).drop("order", "top")
 
 
 def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> DataFrame:
     """Every shown item with its slot, true examination and click probability (lazy).
 
     - pbm, confounded: P(click) = theta_k * P(attracted | y).
-    - context: theta_k * (1 - neighbour_effect * max neighbour attraction) * P(attracted | y).
+    - context: theta_k * (1 - neighbour_effect * max neighbour signal) * P(attracted | y), the
+      signal being the neighbour's attraction or its salient flag (``neighbour_signal``).
     - mixture: as pbm, except that a ``mixture_share`` of requests click slot k with
       probability ``mixture_top_clicks[k]`` whatever they show.
+    - trust: theta_k * (a(y) * (1 - (k + 1) / 100) + (1 - a(y)) * 0.65 / k), a(y) = P(attracted | y).
+
+    Each row also carries the item's ``salient`` flag (0/1) and the ``examination`` of its slot.
 
     Each request joins its query's candidate array (broadcast), ranks it with array functions
     and explodes the top ``slate_size``: no shuffle, so the log grows in Spark at the speed of
@@ -136,16 +138,15 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
     train["train_rank"] = np.searchsorted(train_queries, train["query_index"].to_numpy())
     train["attraction"] = attraction(train[schema.LABEL].to_numpy(), cfg.click_noise)
     lr = cfg.logging_ranker
-    train["base_score"] = lr.relevance_weight * train["relevance"] + lr.distractor_weight * train["distractor"]
+    train["base_score"] = lr.relevance_weight * train[schema.TRUE_RELEVANCE] + lr.distractor_weight * train[schema.DISTRACTOR]
     train = train.sort_values(["train_rank", schema.ITEM_ID])
+    candidate = [schema.ITEM_ID, schema.FEATURES, "attraction", "base_score", SALIENT]
     per_query = (
-        spark.createDataFrame(train[["train_rank", schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES, "attraction", "base_score"]])
+        spark.createDataFrame(train[["train_rank", schema.QUERY_ID, *candidate]])
         .groupBy("train_rank")
         .agg(
             F.first(schema.QUERY_ID).alias(schema.QUERY_ID),
-            F.array_sort(
-                F.collect_list(F.struct(schema.ITEM_ID, schema.FEATURES, "attraction", "base_score"))
-            ).alias("candidates"),
+            F.array_sort(F.collect_list(F.struct(*candidate))).alias("candidates"),
         )
     )
 
@@ -159,21 +160,22 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
             F.floor(F.col("id") * cfg.days / cfg.num_requests).cast("int"),
         ).alias(schema.EVENT_DATE),
     )
-    pages = (
-        requests.join(F.broadcast(per_query), "train_rank")
-        .withColumn("slate", _ranked_slate(cfg))
-        .select(
-            "request_index",
-            schema.QUERY_ID,
-            schema.EVENT_DATE,
-            F.transform("slate", lambda entry: entry["attraction"]).alias("attractions"),
-            F.posexplode("slate").alias("index", "entry"),
-        )
+    # The signal a slot's neighbours send in the context scenario: attraction, or salience.
+    signal = "attraction" if cfg.neighbour_signal == "attraction" else SALIENT
+    pages = _ranked_slate(requests.join(F.broadcast(per_query), "train_rank"), cfg).select(
+        "request_index",
+        schema.QUERY_ID,
+        schema.EVENT_DATE,
+        F.transform("slate", lambda entry: entry[signal].cast("double")).alias("signals"),
+        # Outer, though no slate is empty: for an inner explode Spark infers size(slate) > 0 and
+        # pushes it into the join, where it would rank every page once more per reference.
+        F.posexplode_outer("slate").alias("index", "entry"),
     )
     exam = F.array(*[F.lit(float(v)) for v in truth.examination])
     examination = F.element_at(exam, F.col("index") + 1)
     if cfg.scenario == "context":
-        examination = examination * (1.0 - cfg.neighbour_effect * _neighbour_attraction(config.examples.grid_columns))
+        strongest = neighbour_max(F.col("signals"), F.col("index"), config.examples.grid_columns)
+        examination = examination * (1.0 - cfg.neighbour_effect * strongest)
     shown = pages.select(
         "request_index",
         schema.QUERY_ID,
@@ -182,9 +184,12 @@ def shown_items(spark: SparkSession, config: Config, truth: SimulatedTruth) -> D
         F.col("entry")[schema.ITEM_ID].alias(schema.ITEM_ID),
         F.col("entry")[schema.FEATURES].alias(schema.FEATURES),
         F.col("entry")["attraction"].alias("attraction"),
+        F.col("entry")[SALIENT].alias(SALIENT),
         examination.alias("examination"),
     )
     p_click = F.col("examination") * F.col("attraction")
+    if cfg.scenario == "trust":
+        p_click = trust_click(F.col("examination"), F.col("attraction"), F.col("slot"))
     if cfg.scenario == "mixture":
         top = cfg.mixture_top_clicks + [0.0] * max(0, cfg.slate_size - len(cfg.mixture_top_clicks))
         top_clicks = F.array(*[F.lit(float(v)) for v in top])
@@ -211,8 +216,9 @@ def impression_log(shown: DataFrame, cfg: SimulateConfig, cols: LogColumns) -> D
 def true_examination(spark: SparkSession, cfg: SimulateConfig, truth: SimulatedTruth, shown: DataFrame) -> DataFrame:
     """The truth a learned curve is compared with, relative to slot 1.
 
-    pbm, confounded and mixture: the curve theta of the people who examine by position (the
-    top clickers of ``mixture`` have no examination curve). context: the examination of each
+    pbm, confounded, trust and mixture: the curve theta of the people who examine by position
+    (the top clickers of ``mixture`` have no examination curve; under ``trust`` theta is what
+    examination is, trust changes only what a person clicks once they look). context: the examination of each
     slot averaged over the logged pages, which is what a model that averages over pages
     (XPA) or ignores the neighbours (the others) can recover.
     """
@@ -273,7 +279,9 @@ def simulate(spark: SparkSession, config: Config, run_id: str) -> dict[str, int]
     candidates = spark.createDataFrame(catalogue[[schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES, schema.SPLIT]]).withColumn(
         schema.FEATURES, F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType()))
     )
-    labels = spark.createDataFrame(catalogue[[schema.QUERY_ID, schema.ITEM_ID, schema.LABEL, schema.SPLIT]])
+    labels = spark.createDataFrame(
+        catalogue[[schema.QUERY_ID, schema.ITEM_ID, schema.LABEL, schema.TRUE_RELEVANCE, schema.DISTRACTOR, schema.SPLIT]]
+    )
     provenance = Provenance.of(config, run_id, "simulate")
     overwrite_table(candidates.coalesce(1), tables.path("candidates"), "candidates", provenance)
     overwrite_table(labels.coalesce(1), tables.path("truth_labels"), "truth_labels", provenance)

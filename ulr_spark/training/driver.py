@@ -121,6 +121,24 @@ def training_rows(examples: DataFrame, cap: int) -> int:
     return int(examples.agg(F.sum(pieces).alias("n")).first()["n"])
 
 
+def warn_if_mixem_rows_mix_clicks(config: Config, examples: DataFrame) -> int:
+    """Rows whose merged requests clicked differently (0 < clicks < impressions on an entry):
+    MixEM's E-step gives such a row one posterior, an approximation. Prints a warning when a
+    MixEM model is configured and there are any; returns their count (0 when none is)."""
+    if not any(config.train.variant(name)[0] == "mixem" for name in config.train.models):
+        return 0
+    mixed = examples.where(
+        F.exists(schema.CLICKS, lambda c: (c > 0) & (c < F.col(schema.IMPRESSIONS)))
+    ).count()
+    if mixed:
+        print(
+            f"train: WARNING {mixed} example row(s) merge requests that clicked differently, so MixEM's E-step is "
+            "approximate on them: rebuild the examples with examples.merge_on_clicks (on by default when a mixem "
+            "model is configured)", flush=True,
+        )
+    return mixed
+
+
 def runs_on_cluster(spark: SparkSession) -> bool:
     """The session's master decides, not the config: spark-submit may have chosen another."""
     return not spark.sparkContext.master.startswith("local")
@@ -229,6 +247,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
         f"slots, {len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps of {tc.batch_size} rows "
         f"x {tc.epochs} epochs (an epoch: as many rows as there are requests)"
     )
+    warn_if_mixem_rows_mix_clicks(config, examples)
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
     if runs_on_cluster(spark) and not is_shared_storage(cache_url):
@@ -282,6 +301,8 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 validation=held_out,
                 early_stopping_patience=tc.early_stopping_patience,
                 embedding_learning_rate=tc.embedding_learning_rate,
+                learning_rate_schedule=tc.learning_rate_schedule,
+                cell_impressions=dict(shape.cell_impressions),
             )
         )
     curves = []

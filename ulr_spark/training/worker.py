@@ -21,8 +21,10 @@ import torch
 
 from ulr_spark.io.artifacts import save_artifact
 from ulr_spark.models.losses import summed_click_nll
+from ulr_spark.models.mixem import MixEMTwoTower
 from ulr_spark.models.registry import TrainingObjective, build_model
 from ulr_spark.models.spec import ModelSpec
+from ulr_spark.models.two_tower import DotProductTwoTower
 from ulr_spark.training.loaders import SlateBatch, quiet_petastorm_warnings, shard_batches
 
 
@@ -51,6 +53,31 @@ class TrainJob:
     early_stopping_patience: int = 0
     # Adagrad's rate for the embedding tables (categorical and id features).
     embedding_learning_rate: float = 0.05
+    # How every rate moves over the planned epochs x steps_per_epoch steps: cosine or linear
+    # decay to 0, or constant (learning_rate_factor).
+    learning_rate_schedule: str = "cosine"
+    # Impressions of each observed (context id, slot) cell of the training split: the weights
+    # of the dot-product model's serving direction.
+    cell_impressions: Optional[dict] = None
+
+
+def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The multiplier of the base rates at ``step`` (0-based) of ``total_steps``: 1 for
+    ``constant``; 1 - t for ``linear`` and (1 + cos(pi t)) / 2 for ``cosine``, t = step / total,
+    both decaying to 0 (Loshchilov and Hutter, "SGDR", ICLR 2017). A decayed rate ends training
+    near a minimum rather than wherever the last noisy steps left it, so the seed matters less.
+
+    Raises:
+        ValueError: an unknown schedule.
+    """
+    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - t
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; known: constant, linear, cosine")
 
 
 class Optimizers:
@@ -69,14 +96,20 @@ class Optimizers:
         ]
         if embedding_params:
             self.optimizers.append(torch.optim.Adagrad(embedding_params, lr=job.embedding_learning_rate))
+        total = job.epochs * job.steps_per_epoch
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(o, lambda step: learning_rate_factor(job.learning_rate_schedule, step, total))
+            for o in self.optimizers
+        ]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
-        for optimizer in self.optimizers:
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
             optimizer.step()
+            scheduler.step()
 
     def state_dict(self) -> list:
         return [o.state_dict() for o in self.optimizers]
@@ -197,11 +230,15 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
                 break
     if best_state is not None and job.early_stopping_patience > 0:
         model.load_state_dict(best_state)
+    if isinstance(model, DotProductTwoTower) and job.cell_impressions:
+        model.set_serving_direction(job.cell_impressions)
     if rank == 0:
         card = {
             **job.card, "loss_history": history, "validation_loss_history": validation_history,
             "best_epoch": best_epoch if job.early_stopping_patience > 0 and best_epoch else len(history), "world_size": world, "train_seconds": time.time() - started,
         }
+        if isinstance(model, MixEMTwoTower):  # MixEM: the learned share of requests per component
+            card["component_shares"] = [float(v) for v in model.component_shares().detach().cpu()]
         save_artifact(job.artifact_path, model, card)
     dist.barrier()
 
