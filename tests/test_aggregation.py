@@ -104,7 +104,8 @@ def test_the_same_model_is_trained_with_and_without_merging(merged_and_unmerged)
 
 def test_mixem_with_two_components_is_not_lossless_under_merging(merged_and_unmerged):
     """Its E-step weighs whole lists, and a merged row is one mean list: this is why
-    examples.merge_identical_slates can be turned off for an exact mixem."""
+    build-examples merges on the click vector too when a mixem is configured
+    (examples.merge_on_clicks; tests/test_models.py checks that such rows are exact)."""
     _, (merged, unmerged) = merged_and_unmerged
     loss_m, _, _ = _loss_and_gradients(_model("mixem", mixem_components=2), merged)
     loss_u, _, _ = _loss_and_gradients(_model("mixem", mixem_components=2), unmerged)

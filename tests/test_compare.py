@@ -88,7 +88,7 @@ def test_claim_kinds_use_a_paired_t_test():
         metrics,
         [
             CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="beats", min_gap=0.2),  # gap 0.10 < 0.2
-            CompareClaim("pbm", "naive", "additive", "ndcg@10", expect="no_gap"),  # naive is worse: no gap to claim
+            CompareClaim("pbm", "naive", "additive", "ndcg@10", expect="no_gap"),  # naive is significantly worse: a gap
             CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="no_gap"),  # additive does beat naive
             CompareClaim("pbm", "additive", metric="bias_curve_error", expect="below", threshold=0.065),
             CompareClaim("pbm", "pal", metric="bias_curve_error", expect="below", threshold=0.1),
@@ -96,7 +96,12 @@ def test_claim_kinds_use_a_paired_t_test():
             CompareClaim("pbm", "additive", metric="bias_curve_error", expect="near", target=0.0, threshold=0.05),
         ],
     )
-    assert [r.holds for r in results] == [False, True, False, True, False, True, False]
+    assert [r.holds for r in results] == [False, False, False, True, False, True, False]
+    flip = metrics_frame()
+    for seed, difference in [(1, 0.05), (2, 0.05), (3, -0.03)]:
+        flip.loc[(flip[SEED] == seed) & (flip[schema.MODEL] == "close"), schema.VALUE] = 0.7 + difference
+        flip.loc[(flip[SEED] == seed) & (flip[schema.MODEL] == "naive"), schema.VALUE] = 0.7
+    assert check_claims(flip, [CompareClaim("pbm", "close", "naive", "ndcg@10", expect="no_gap")])[0].holds
     additive = metrics[(metrics[schema.MODEL] == "additive") & (metrics[schema.METRIC] == "ndcg@10")][schema.VALUE].to_numpy()
     naive = metrics[(metrics[schema.MODEL] == "naive") & (metrics[schema.METRIC] == "ndcg@10")][schema.VALUE].to_numpy()
     assert results[0].p_value == pytest.approx(stats.ttest_rel(additive, naive).pvalue)

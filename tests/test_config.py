@@ -103,6 +103,10 @@ def test_variants_inherit_options_and_override_some():
         ({"variants": [{"name": "x", "model": "additive", "options": {"bias_dropout": 1.5}}]}, r"train.variants\[0\].options.bias_dropout", "in \\[0, 1\\)"),
         ({"variants": [{"name": "pal", "model": "additive"}]}, "train.variants", "is an architecture"),
         ({"model_options": {"mixem_components": 0}}, "train.model_options.mixem_components", ">= 1"),
+        ({"models": ["mixem"], "model_options": {"mixem_blind_component": True, "mixem_components": 1}}, "train.models",
+         "mixem_blind_component needs mixem_components >= 2"),
+        ({"model_options": {"bias_init": "ones"}}, "train.model_options.bias_init", ""),
+        ({"learning_rate_schedule": "step"}, "train.learning_rate_schedule", ""),
     ],
 )
 def test_bad_model_settings_are_errors(train, key, rule):
@@ -120,6 +124,10 @@ def test_bad_model_settings_are_errors(train, key, rule):
         ({"compare": {"seeds": [1, 1]}}, "compare.seeds"),
         ({"compare": {"baselines": ["catboost"]}}, "compare.baselines"),
         ({"compare": {"claims": [{"scenario": "nowhere", "model": "a", "beats": "b"}]}}, "compare.claims"),
+        ({"compare": {"scenarios": [{"name": "s", "config": "c.yaml"}], "claims": [{"scenario": "s", "model": "a"}]}}, "compare.claims"),
+        ({"compare": {"scenarios": [{"name": "s", "config": "c.yaml", "control_of": "s"}]}}, "compare.scenarios"),
+        ({"compare": {"scenarios": [{"name": "s", "config": "c.yaml"}],
+                      "claims": [{"scenario": "s", "model": "a", "expect": "near", "target": 0.5}]}}, "compare.claims"),
     ],
 )
 def test_bad_scenario_and_compare_settings_are_errors(data, key):

@@ -7,6 +7,7 @@ from tests.test_validate import LOG_SCHEMA
 from ulr_spark import schema
 from ulr_spark.examples.slates import build_examples
 from ulr_spark.io.delta import read_table
+from ulr_spark.training.driver import warn_if_mixem_rows_mix_clicks
 
 
 def test_identical_slates_merge_into_weighted_rows(spark, tmp_path):
@@ -49,6 +50,16 @@ def test_identical_slates_merge_into_weighted_rows(spark, tmp_path):
     # Total clicks and impressions are preserved by merging (the beyond-cap slot aside).
     assert sum(sum(r[schema.CLICKS]) for r in examples.values()) == 5
     assert sum(r[schema.IMPRESSIONS] for r in examples.values()) == 4
+
+    # With a MixEM configured, r1 and r2 (clicks 1,0,0 and 1,1,0) no longer merge: each row's
+    # requests clicked alike, so one E-step posterior per row is exact.
+    mixem = small_config(tmp_path, examples={"max_slate_size": 3, "partitions": 2}, train={"models": ["additive", "mixem"]})
+    assert warn_if_mixem_rows_mix_clicks(mixem, read_table(spark, table)) == 1  # the merged (a, b, c) row
+    assert warn_if_mixem_rows_mix_clicks(config, read_table(spark, table)) == 0  # no MixEM: no check
+    assert build_examples(mixem, spark, "test").examples == 4
+    assert warn_if_mixem_rows_mix_clicks(mixem, read_table(spark, table)) == 0
+    by_clicks = sorted(r[schema.CLICKS] for r in read_table(spark, table).collect() if r[schema.ITEM_IDS] == ["a", "b", "c"])
+    assert by_clicks == [[1, 0, 0], [1, 1, 0]]
 
 
 def test_context_columns_become_context_ids(spark, tmp_path):

@@ -214,17 +214,66 @@ def test_bias_dropout_only_while_training_and_never_rescales_the_kept_offsets():
 
 
 def test_a_dropped_bias_leaves_each_model_its_serving_score():
-    """What "dropped" means per model: the click logit becomes the serving score."""
+    """What "dropped" means per model: the click logit becomes the serving score (a_m r(x) per
+    MixEM component; the blind component is never dropped)."""
     features, positions, contexts, _, _ = slate_batch()
-    for architecture in ("additive", "pal", "dot_product"):
+    for architecture in ("additive", "pal", "dot_product", "xpa", "mixem"):
         torch.manual_seed(0)
-        model = build_model(family_spec(architecture, bias_dropout=0.999999))
+        model = build_model(family_spec(architecture, bias_dropout=0.999999, mixem_blind_component=True))
+        if architecture == "dot_product":
+            with torch.no_grad():
+                model.bias_tower.table.weight.normal_()
+            model.set_cell_impressions({(0, 1): 3, (0, 3): 1, (1, 2): 4})
         model.train()
-        logits = model(features, positions, contexts)
+        relevance, bias = model.towers(features, positions, contexts)
+        logits = model.combine(relevance, model.drop_bias(bias, positions))
+        if architecture == "mixem":
+            assert torch.allclose(logits[..., 0], model.gains()[0] * relevance, atol=1e-5)
+            assert torch.allclose(logits[..., 1], bias[..., 1])  # the blind component keeps its bias
+            continue
         expected = model.relevance(features)
+        if architecture == "dot_product":  # o_bar of the current table, not slot 1
+            o_bar = (3 * model.bias_tower.table.weight[1] + model.bias_tower.table.weight[3] + 4 * model.bias_tower.table.weight[5 + 2]) / 8
+            expected = model.relevance_tower(features) @ o_bar
         if architecture == "pal":  # P(click) = sigma(r) * 1
             expected = torch.logit(torch.sigmoid(expected))
         assert torch.allclose(logits, expected, atol=1e-4), architecture
+        if architecture == "dot_product":  # dropped items send no gradient into the bias table
+            logits.sum().backward()
+            assert model.bias_tower.table.weight.grad is None or not model.bias_tower.table.weight.grad.any()
+
+
+def test_mixem_loss_of_rows_merged_on_clicks_is_the_sum_of_per_request_losses():
+    """Merging requests that clicked alike keeps MixEM's EM objective exactly (build-examples
+    merges on the click vector when a MixEM is configured)."""
+    torch.manual_seed(0)
+    model = MixEMTwoTower(family_spec("mixem", mixem_components=2, mixem_blind_component=True))
+    features, positions, contexts, _, _ = slate_batch()
+    pattern = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0]])
+    merged, _ = model.loss(features, positions, contexts, 3 * pattern, torch.full((5,), 3.0))
+    single, _ = model.loss(features, positions, contexts, pattern, torch.ones(5))
+    assert torch.allclose(merged, 3 * single, atol=1e-4)
+    # Requests that clicked differently do not share a posterior: merging them changes the objective.
+    mixed, _ = model.loss(features, positions, contexts, pattern + pattern.roll(1, 0), torch.full((5,), 2.0))
+    apart = model.loss(features, positions, contexts, pattern, torch.ones(5))[0] + model.loss(
+        features, positions, contexts, pattern.roll(1, 0), torch.ones(5))[0]
+    assert not torch.allclose(mixed, apart, atol=1e-3)
+
+
+def test_models_saved_before_the_serving_direction_and_the_new_adversary_still_load():
+    from ulr_spark.io.artifacts import upgrade_state_dict
+
+    torch.manual_seed(0)
+    model = DotProductTwoTower(family_spec("dot_product", gradient_reversal=1.0))
+    old = {k: v for k, v in model.state_dict().items() if "serving_direction" not in k and not k.startswith("adversary.")}
+    old["adversary.weight"], old["adversary.bias"] = torch.zeros(3, 3), torch.zeros(3)  # the old one-layer adversary
+    restored = DotProductTwoTower(family_spec("dot_product", gradient_reversal=1.0))
+    restored.load_state_dict(upgrade_state_dict(restored, old))
+    features = torch.randn(6, 3)
+    slot1 = model.relevance_tower(features) @ model.bias_tower.table.weight[1]
+    assert torch.allclose(restored.relevance(features), slot1, atol=1e-6)  # served as it was trained: slot 1
+    mixem = MixEMTwoTower(family_spec("mixem", mixem_blind_component=True))
+    assert "gain_mask" not in mixem.state_dict()  # follows from the spec; not saved
 
 
 def test_bias_tables_start_at_a_decreasing_curve():
@@ -253,7 +302,7 @@ def test_mixem_blind_component_ignores_relevance():
     logits = mixem.combine(relevance, bias)
     assert torch.allclose(logits[..., 1], bias[..., 1])  # gain 0: the items do not matter
     assert not torch.allclose(logits[..., 0], bias[..., 0])
-    assert mixem.gains()[1] == 0 and abs(float(mixem.component_shares().sum()) - 1) < 1e-6
+    assert float(mixem.gains()[1]) == 0 and abs(float(mixem.component_shares().detach().sum()) - 1) < 1e-6
 
 
 def test_gradient_reversal_flips_the_adversary_gradient_into_the_bias_tower_only():

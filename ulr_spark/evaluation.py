@@ -15,7 +15,8 @@
   within-query least-squares fit score ~ b_r * relevance + b_d * distractor (each centred per
   query), reported as b_d / b_r: how much of what the logging ranker rewarded, but is not
   relevance, the relevance score kept, per unit of true relevance. 0 is none; a naive model
-  trained on clicks from a distractor-rewarding ranker is positive.
+  trained on clicks from a distractor-rewarding ranker is positive. NaN when b_r <= 0 (the
+  score does not rise with relevance, so "per unit of relevance" means nothing).
 - Blind share (MixEM with a relevance-blind component): the learned prior share of requests
   of that component, to compare with the simulated share of relevance-blind requests.
 """
@@ -142,7 +143,10 @@ def distractor_leak(scored: DataFrame) -> DataFrame:
     det = F.col("rr") * F.col("dd") - F.col("rd") * F.col("rd")
     b_r = (F.col("dd") * F.col("sr") - F.col("rd") * F.col("sd")) / det
     b_d = (F.col("rr") * F.col("sd") - F.col("rd") * F.col("sr")) / det
-    return sums.select(schema.MODEL, F.lit(DISTRACTOR_LEAK).alias(schema.METRIC), (b_d / b_r).alias(schema.VALUE))
+    # Undefined (NaN) unless the score rises with true relevance: a model that ranks backwards
+    # would otherwise flip the sign of its leak and look best.
+    leak = F.when(b_r > 0, b_d / b_r).otherwise(F.lit(float("nan")))
+    return sums.select(schema.MODEL, F.lit(DISTRACTOR_LEAK).alias(schema.METRIC), leak.alias(schema.VALUE))
 
 
 def blind_shares(spark: SparkSession, artifacts) -> Optional[DataFrame]:

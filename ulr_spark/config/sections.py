@@ -259,6 +259,12 @@ class TrainConfig(Section):
         for name in self.models:
             require(name in known, "models", f"unknown model {name!r}; known: {known}")
         require(len(set(self.models)) == len(self.models), "models", "must not repeat a model")
+        for name in self.models:
+            architecture, options = self.variant(name)
+            require(
+                architecture != "mixem" or not options.mixem_blind_component or options.mixem_components >= 2, "models",
+                f"{name}: mixem_blind_component needs mixem_components >= 2 (the blind one and at least one that reads relevance)",
+            )
         return self
 
     def variant(self, name: str) -> tuple[str, ModelOptions]:

@@ -68,8 +68,8 @@ def check_claims(metrics: pd.DataFrame, claims: list[CompareClaim]) -> list[Clai
         significant = (p < claim.alpha) if len(differences) > 1 else gap > 0
         if claim.expect == "beats":
             holds = bool(gap > 0 and gap >= claim.min_gap and significant)
-        else:  # no_gap
-            holds = bool(gap <= spread or not significant)
+        else:  # no_gap, either way
+            holds = bool(abs(gap) <= spread or not significant)
         results.append(ClaimResult(claim, gap, spread, holds, p))
     return results
 

@@ -35,7 +35,7 @@ class CompareClaim(PositionalSection):
 
     - ``beats``: the mean gap is at least ``min_gap`` and a paired t-test gives p < ``alpha``
       (with a single seed: the gap exceeds ``min_gap`` and 0);
-    - ``no_gap``: ``model`` does not beat ``beats``: the gap is at most its spread, or p >= alpha;
+    - ``no_gap``: no significant gap either way: |gap| is at most its spread, or p >= alpha;
     - ``below``: the mean of ``model`` on ``metric`` is below ``threshold`` (``beats`` unused);
     - ``near``: the mean of ``model`` on ``metric`` is within ``threshold`` of ``target``.
     """
@@ -45,7 +45,7 @@ class CompareClaim(PositionalSection):
     beats: str = ""
     metric: str = "ndcg@10"
     expect: Literal["beats", "no_gap", "below", "near"] = "beats"
-    min_gap: float = 0.0
+    min_gap: Annotated[float, Field(ge=0)] = 0.0
     threshold: Optional[float] = None
     target: Optional[float] = None
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
@@ -73,9 +73,13 @@ class CompareConfig(Section):
             require(claim.expect not in ("below", "near") or claim.threshold is not None, "claims",
                     f"an expect: {claim.expect} claim needs a threshold")
             require(claim.expect != "near" or claim.target is not None, "claims", "an expect: near claim needs a target")
+            require(claim.expect != "near" or (claim.threshold or 0) > 0, "claims", "an expect: near claim needs a threshold > 0")
+            require(claim.expect in ("below", "near") or bool(claim.beats), "claims",
+                    f"an expect: {claim.expect} claim names the model it is compared with (beats)")
         for scenario in self.scenarios:
             require(not scenario.control_of or scenario.control_of in names, "scenarios",
                     f"{scenario.name}: control_of {scenario.control_of!r} is not one of {names}")
+            require(scenario.control_of != scenario.name, "scenarios", f"{scenario.name} cannot be its own control")
         return self
 
 

@@ -154,10 +154,31 @@ def read_artifact(path: str) -> Artifact:
     return Artifact(path=path, spec=spec, card=card)
 
 
+# State added after format 1 artifacts were first written, and what a model saved without it
+# means: the dot product's serving direction (unset: the slot-1 projection it was trained with),
+# and the gradient-reversal adversary, which only trains and never serves (it was one linear
+# layer reading the relevance output, now an MLP reading the bias output).
+_ADDED_STATE = ("serving_direction", "has_serving_direction")
+_TRAINING_ONLY_PREFIX = "adversary."
+
+
+def upgrade_state_dict(model: torch.nn.Module, state: dict) -> dict:
+    """``state`` with the entries of :data:`_ADDED_STATE` and the adversary's taken from the
+    freshly built ``model`` where the saved state lacks them, and saved adversary entries that
+    the model no longer has dropped; so a model saved by an earlier version loads and scores
+    as it did. Any other mismatch is left for ``load_state_dict`` to report."""
+    fresh = model.state_dict()
+    upgraded = {k: v for k, v in state.items() if not (k.startswith(_TRAINING_ONLY_PREFIX) and k not in fresh)}
+    for key, value in fresh.items():
+        if key not in upgraded and (key.split(".")[-1] in _ADDED_STATE or key.startswith(_TRAINING_ONLY_PREFIX)):
+            upgraded[key] = value
+    return upgraded
+
+
 def load_model(artifact: Artifact, device: torch.device | str = "cpu") -> ClickModel:
     payload = torch.load(os.path.join(artifact.path, WEIGHTS), map_location=device, weights_only=True)
     model = build_model(artifact.spec)
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(upgrade_state_dict(model, payload["state_dict"]))
     return model.to(device).eval()
 
 

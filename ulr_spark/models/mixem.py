@@ -60,10 +60,20 @@ class MixEMTwoTower(TwoTowerModel):
         with torch.no_grad():
             self.bias_tower.table.weight.copy_(start.repeat(spec.num_contexts, 1))
         self.gain_logits = nn.Parameter(torch.full((m,), math.log(math.e - 1.0)))  # softplus -> 1
-        self.register_buffer("gain_mask", torch.ones(m))
+        # Follows from the spec, so it is not saved (artifacts written before it existed load).
+        self.register_buffer("gain_mask", torch.ones(m), persistent=False)
         if blind:
             self.gain_mask[-1] = 0.0
         self.prior_logits = nn.Parameter(torch.zeros(m))
+
+    def drop_bias(self, bias: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Bias dropout on the components that read relevance; never on the relevance-blind
+        component, whose bias is all it has (dropped, it would click every slot with
+        probability 1/2)."""
+        dropped = super().drop_bias(bias, positions)
+        if self.gain_mask[-1] == 0:
+            dropped = torch.cat([dropped[..., :-1], bias[..., -1:]], -1)
+        return dropped
 
     def gains(self) -> torch.Tensor:
         """a_m [M]: softplus(g_m), and 0 for the relevance-blind component."""
@@ -112,12 +122,12 @@ class MixEMTwoTower(TwoTowerModel):
         impressions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         relevance, bias = self.towers(features, positions, context_ids)
-        component_logits = self.combine(relevance, self.drop_bias(bias, positions))
-        nll = self.component_nll(component_logits, clicks, impressions, positions)  # [B, M]
+        nll = self.component_nll(self.combine(relevance, self.drop_bias(bias, positions)), clicks, impressions, positions)  # [B, M]
         log_prior = F.log_softmax(self.prior_logits, -1)
         n = impressions.clamp(min=1).unsqueeze(-1)
-        with torch.no_grad():  # E-step on one (mean) list per row
-            posterior = torch.softmax(log_prior - nll / n, -1)
+        with torch.no_grad():  # E-step on one (mean) list per row, from the bias as it is (no dropout)
+            exact = nll if self.spec.bias_dropout <= 0 else self.component_nll(self.combine(relevance, bias), clicks, impressions, positions)
+            posterior = torch.softmax(log_prior - exact / n, -1)
             if self.spec.mixem_skip_unclicked:
                 posterior = posterior * (clicks.sum(-1, keepdim=True) > 0)
         loss = (posterior * (nll - n * log_prior)).sum() + self.regulariser(impressions, positions)

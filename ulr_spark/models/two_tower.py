@@ -99,6 +99,7 @@ class DotProductTwoTower(TwoTowerModel):
         nn.init.normal_(self.bias_tower.table.weight, mean=1.0 / math.sqrt(d), std=0.1)
         self.register_buffer("serving_direction", torch.zeros(d))
         self.register_buffer("has_serving_direction", torch.zeros((), dtype=torch.bool))
+        self.cell_weights: torch.Tensor | None = None
 
     def relevance_outputs(self) -> int:
         return self.spec.dot_product_dim
@@ -111,9 +112,10 @@ class DotProductTwoTower(TwoTowerModel):
         fallback = self.bias_tower.table.weight[1]
         return torch.where(self.has_serving_direction, self.serving_direction, fallback)
 
-    @torch.no_grad()
-    def set_serving_direction(self, cell_impressions: dict[tuple[int, int], int]) -> None:
-        """o_bar = sum_cells n_cell o_vec(cell) / sum n_cell over {(context id, slot): impressions}.
+    def set_cell_impressions(self, cell_impressions: dict[tuple[int, int], int]) -> None:
+        """The weights of o_bar: impressions per (context id, slot) cell of the training split.
+        Set before training (a dropped bias is o_bar of the current table) and kept out of the
+        saved state (the serving direction is saved instead).
 
         Raises:
             ValueError: no cell has an impression.
@@ -121,11 +123,29 @@ class DotProductTwoTower(TwoTowerModel):
         total = sum(cell_impressions.values())
         if total <= 0:
             raise ValueError("dot_product: no (context, slot) cell has an impression; the serving direction is undefined")
-        slots = self.bias_tower.slots
-        direction = torch.zeros_like(self.serving_direction)
+        weights = torch.zeros(self.bias_tower.table.num_embeddings, device=self.serving_direction.device)
         for (context, slot), n in cell_impressions.items():
-            direction += n * self.bias_tower.table.weight[context * slots + slot]
-        self.serving_direction.copy_(direction / total)
+            weights[context * self.bias_tower.slots + slot] += n / total
+        self.cell_weights = weights
+
+    def mean_bias(self) -> torch.Tensor:
+        """o_bar of the current bias table ([d]), weighted by :meth:`set_cell_impressions`
+        (slot 1 of context 0 before they are set)."""
+        if self.cell_weights is None:
+            return self.bias_tower.table.weight[1]
+        mean: torch.Tensor = self.cell_weights.to(self.bias_tower.table.weight.device) @ self.bias_tower.table.weight
+        return mean
+
+    @torch.no_grad()
+    def set_serving_direction(self, cell_impressions: dict[tuple[int, int], int]) -> None:
+        """Fix the serving direction to o_bar = sum_cells n_cell o_vec(cell) / sum n_cell, over
+        {(context id, slot): impressions}; called once training ends.
+
+        Raises:
+            ValueError: no cell has an impression.
+        """
+        self.set_cell_impressions(cell_impressions)
+        self.serving_direction.copy_(self.mean_bias())
         self.has_serving_direction.fill_(True)
 
     def relevance(self, features: torch.Tensor) -> torch.Tensor:
@@ -141,4 +161,6 @@ class DotProductTwoTower(TwoTowerModel):
         return (relevance * bias).sum(-1)
 
     def dropped_bias(self, bias: torch.Tensor) -> torch.Tensor:
-        return self.base_bias().expand_as(bias)
+        """o_bar of the current table, detached: the logit of a dropped item is its serving
+        score, and no gradient flows from dropped items into the cells o_bar averages."""
+        return self.mean_bias().detach().expand_as(bias)

@@ -167,6 +167,8 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
 
     seed_process(job.seed, rank)
     model = build_model(job.spec).to(device)
+    if isinstance(model, DotProductTwoTower) and job.cell_impressions:
+        model.set_cell_impressions(job.cell_impressions)  # a dropped bias is the mean bias vector
     objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
     optimizer = Optimizers(objective, model.relevance_tower.embedding_parameters(), job)
     k = job.spec.max_slate_size
