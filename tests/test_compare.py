@@ -90,13 +90,15 @@ def test_claim_kinds_use_a_paired_t_test():
             CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="beats", min_gap=0.2),  # gap 0.10 < 0.2
             CompareClaim("pbm", "naive", "additive", "ndcg@10", expect="no_gap"),  # naive is significantly worse: a gap
             CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="no_gap"),  # additive does beat naive
+            CompareClaim("pbm", "naive", "additive", "ndcg@10", expect="not_beats"),  # worse, so it does not beat
+            CompareClaim("pbm", "additive", "naive", "ndcg@10", expect="not_beats"),
             CompareClaim("pbm", "additive", metric="bias_curve_error", expect="below", threshold=0.065),
             CompareClaim("pbm", "pal", metric="bias_curve_error", expect="below", threshold=0.1),
             CompareClaim("pbm", "additive", metric="bias_curve_error", expect="near", target=0.1, threshold=0.05),
             CompareClaim("pbm", "additive", metric="bias_curve_error", expect="near", target=0.0, threshold=0.05),
         ],
     )
-    assert [r.holds for r in results] == [False, False, False, True, False, True, False]
+    assert [r.holds for r in results] == [False, False, False, True, False, True, False, True, False]
     flip = metrics_frame()
     for seed, difference in [(1, 0.05), (2, 0.05), (3, -0.03)]:
         flip.loc[(flip[SEED] == seed) & (flip[schema.MODEL] == "close"), schema.VALUE] = 0.7 + difference
@@ -105,5 +107,5 @@ def test_claim_kinds_use_a_paired_t_test():
     additive = metrics[(metrics[schema.MODEL] == "additive") & (metrics[schema.METRIC] == "ndcg@10")][schema.VALUE].to_numpy()
     naive = metrics[(metrics[schema.MODEL] == "naive") & (metrics[schema.METRIC] == "ndcg@10")][schema.VALUE].to_numpy()
     assert results[0].p_value == pytest.approx(stats.ttest_rel(additive, naive).pvalue)
-    assert results[3].gap == pytest.approx(0.005)
+    assert results[5].gap == pytest.approx(0.005)
     assert beside_controls(["a", "b", "a_ctl", "c", "b_ctl"], {"a_ctl": "a", "b_ctl": "b"}) == ["a", "a_ctl", "b", "b_ctl", "c"]

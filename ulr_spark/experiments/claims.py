@@ -68,6 +68,8 @@ def check_claims(metrics: pd.DataFrame, claims: list[CompareClaim]) -> list[Clai
         significant = (p < claim.alpha) if len(differences) > 1 else gap > 0
         if claim.expect == "beats":
             holds = bool(gap > 0 and gap >= claim.min_gap and significant)
+        elif claim.expect == "not_beats":
+            holds = bool(gap <= spread or not significant)
         else:  # no_gap, either way
             holds = bool(abs(gap) <= spread or not significant)
         results.append(ClaimResult(claim, gap, spread, holds, p))
@@ -79,6 +81,8 @@ def claim_text(claim: CompareClaim) -> str:
         return f"{claim.model} below {claim.threshold:g}"
     if claim.expect == "near":
         return f"{claim.model} within {claim.threshold:g} of {claim.target:g}"
+    if claim.expect == "not_beats":
+        return f"{claim.model} does not beat {claim.beats}"
     if claim.expect == "no_gap":
         return f"{claim.model} no significant gap to {claim.beats}"
     return f"{claim.model} beats {claim.beats}" + (f" by >= {claim.min_gap:g}" if claim.min_gap else "")

@@ -169,8 +169,8 @@ def markdown_report(
             "for bias_curve_error and distractor_leak, the other way round); for a threshold claim, the "
             "threshold minus the mean. Spread: the standard deviation of that difference over seeds. p: "
             "two-sided paired t-test (scipy.stats.ttest_rel). \"beats\" holds when the gap is positive, at "
-            "least the claim's minimum and p < 0.05; \"no significant gap\" holds when the gap is within its "
-            "spread or p >= 0.05.",
+            "least the claim's minimum and p < 0.05; \"does not beat\" holds when the gap is at most its spread "
+            "or p >= 0.05 (the model may be worse); \"no significant gap\" asks the same of |gap|, either way.",
             "",
         ]
     metrics = sorted(summary[schema.METRIC].unique(), key=_metric_order)

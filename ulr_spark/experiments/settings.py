@@ -35,6 +35,8 @@ class CompareClaim(PositionalSection):
 
     - ``beats``: the mean gap is at least ``min_gap`` and a paired t-test gives p < ``alpha``
       (with a single seed: the gap exceeds ``min_gap`` and 0);
+    - ``not_beats``: ``model`` does not beat ``beats``: the gap is at most its spread, or p >= alpha
+      (it may be worse);
     - ``no_gap``: no significant gap either way: |gap| is at most its spread, or p >= alpha;
     - ``below``: the mean of ``model`` on ``metric`` is below ``threshold`` (``beats`` unused);
     - ``near``: the mean of ``model`` on ``metric`` is within ``threshold`` of ``target``.
@@ -44,7 +46,7 @@ class CompareClaim(PositionalSection):
     model: str = ""
     beats: str = ""
     metric: str = "ndcg@10"
-    expect: Literal["beats", "no_gap", "below", "near"] = "beats"
+    expect: Literal["beats", "not_beats", "no_gap", "below", "near"] = "beats"
     min_gap: Annotated[float, Field(ge=0)] = 0.0
     threshold: Optional[float] = None
     target: Optional[float] = None
