@@ -104,3 +104,24 @@ def test_a_queries_setting_that_matches_nothing_says_so(spark, tmp_path):
     with pytest.raises(ValueError, match="evaluate.queries='heldout'"):
         evaluate(config, spark, "r1")
     assert not os.path.exists(config.tables.path("metrics"))
+
+
+def test_distractor_leak_is_the_within_query_least_squares_ratio(spark):
+    """score = b_r relevance + b_d distractor + a per-query offset: the leak is b_d / b_r,
+    whatever the offsets; a score that falls with relevance has no leak row."""
+    import numpy as np
+    import pandas as pd
+
+    from ulr_spark.evaluation import distractor_leak
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for q in range(30):
+        r, d, offset = rng.normal(size=8), rng.normal(size=8), 5 * rng.normal()
+        for model, (b_r, b_d) in {"leaky": (2.0, 0.5), "clean": (1.0, 0.0), "backwards": (-1.0, 0.3)}.items():
+            s = b_r * r + b_d * d + offset + 0.01 * rng.normal(size=8)
+            rows += [(model, f"q{q}", float(a), float(b), float(c)) for a, b, c in zip(s, r, d)]
+    frame = pd.DataFrame(rows, columns=[schema.MODEL, schema.QUERY_ID, schema.SCORE, schema.TRUE_RELEVANCE, schema.DISTRACTOR])
+    leak = {row[schema.MODEL]: row[schema.VALUE] for row in distractor_leak(spark.createDataFrame(frame)).collect()}
+    assert set(leak) == {"leaky", "clean"}
+    assert abs(leak["leaky"] - 0.25) < 0.01 and abs(leak["clean"]) < 0.01

@@ -70,11 +70,14 @@ def test_baselines_and_perplexity_reproduce_a_hand_computed_case(spark):
 
 
 def _search_config(root, **sections):
+    # As conf/own_search_log.yaml: on an id-only log the flat start and a constant rate
+    # (docs/own_logs.md, "Id-only logs train the old way").
     defaults = {
         "columns": SEARCH_COLUMNS,
         "features": {"query_item": True},
         "examples": {"partitions": 4, "split": {"test_days": 3, "validation_share": 0.1}},
         "train": {"num_processes": 2, "models": ["additive"], "epochs": 30, "batch_size": 256, "bias_curve_sample": 5000,
+                  "model_options": {"bias_init": "zero"}, "learning_rate_schedule": "constant",
                   "bias_curve_bootstrap": 20},
         "score": {"source": "impressions"},
         "evaluate": {"pbm_iterations": 15},

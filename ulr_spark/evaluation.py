@@ -15,8 +15,8 @@
   within-query least-squares fit score ~ b_r * relevance + b_d * distractor (each centred per
   query), reported as b_d / b_r: how much of what the logging ranker rewarded, but is not
   relevance, the relevance score kept, per unit of true relevance. 0 is none; a naive model
-  trained on clicks from a distractor-rewarding ranker is positive. NaN when b_r <= 0 (the
-  score does not rise with relevance, so "per unit of relevance" means nothing).
+  trained on clicks from a distractor-rewarding ranker is positive. Not reported when b_r <= 0
+  (the score does not rise with relevance, so "per unit of relevance" means nothing).
 - Blind share (MixEM with a relevance-blind component): the learned prior share of requests
   of that component, to compare with the simulated share of relevance-blind requests.
 """
@@ -130,23 +130,23 @@ SPLIT_TEST = schema.SPLIT_TEST
 def distractor_leak(scored: DataFrame) -> DataFrame:
     """(model, query_id, score, relevance, distractor) -> (model, metric, value): b_d / b_r of
     the within-query least-squares fit (module docstring), by the 2x2 normal equations."""
-    per_query = Window.partitionBy(schema.MODEL, schema.QUERY_ID)
-    centred = scored.select(
-        schema.MODEL,
-        *[(F.col(c) - F.avg(c).over(per_query)).alias(c) for c in (schema.SCORE, schema.TRUE_RELEVANCE, schema.DISTRACTOR)],
-    )
+    # Centred cross products per query, sum(xy) - sum(x) sum(y) / n, from one aggregation
+    # (no window sort), then summed per model.
     s, r, d = F.col(schema.SCORE), F.col(schema.TRUE_RELEVANCE), F.col(schema.DISTRACTOR)
-    sums = centred.groupBy(schema.MODEL).agg(
-        F.sum(r * r).alias("rr"), F.sum(r * d).alias("rd"), F.sum(d * d).alias("dd"),
-        F.sum(s * r).alias("sr"), F.sum(s * d).alias("sd"),
+    pairs = {"rr": (r, r), "rd": (r, d), "dd": (d, d), "sr": (s, r), "sd": (s, d)}
+    per_query = scored.groupBy(schema.MODEL, schema.QUERY_ID).agg(
+        F.count(F.lit(1)).alias("n"), F.sum(s).alias("s"), F.sum(r).alias("r"), F.sum(d).alias("d"),
+        *[F.sum(x * y).alias(f"{name}_raw") for name, (x, y) in pairs.items()],
     )
+    sums = per_query.groupBy(schema.MODEL).agg(*[
+        F.sum(F.col(f"{name}_raw") - F.col(name[0]) * F.col(name[1]) / F.col("n")).alias(name) for name in pairs
+    ])
     det = F.col("rr") * F.col("dd") - F.col("rd") * F.col("rd")
     b_r = (F.col("dd") * F.col("sr") - F.col("rd") * F.col("sd")) / det
     b_d = (F.col("rr") * F.col("sd") - F.col("rd") * F.col("sr")) / det
-    # Undefined (NaN) unless the score rises with true relevance: a model that ranks backwards
-    # would otherwise flip the sign of its leak and look best.
-    leak = F.when(b_r > 0, b_d / b_r).otherwise(F.lit(float("nan")))
-    return sums.select(schema.MODEL, F.lit(DISTRACTOR_LEAK).alias(schema.METRIC), leak.alias(schema.VALUE))
+    # Undefined unless the score rises with true relevance (a model that ranks backwards would
+    # otherwise flip the sign of its leak and look best): no row then.
+    return sums.where(b_r > 0).select(schema.MODEL, F.lit(DISTRACTOR_LEAK).alias(schema.METRIC), (b_d / b_r).alias(schema.VALUE))
 
 
 def blind_shares(spark: SparkSession, artifacts) -> Optional[DataFrame]:

@@ -76,6 +76,8 @@ COLUMN_COMMENTS = {
     SPLIT: "truth tables: train (queries in the log) or heldout (queries kept out of it); examples: train, "
     "validation (stops training early) or test (held-out clicks) requests; metrics: what was evaluated",
     LABEL: "true relevance grade 0..4 of the simulation",
+    TRUE_RELEVANCE: "true relevance score of the simulation, before it is cut into grades",
+    DISTRACTOR: "score along the feature direction the simulated ranker rewards although it is not relevance",
     EXAMINATION: "examination probability relative to slot 1 of the default context",
     EXAMINATION_LOW: "2.5th percentile of the examination over a Poisson bootstrap of the pages it is read on",
     EXAMINATION_HIGH: "97.5th percentile of the examination over a Poisson bootstrap of the pages it is read on",

@@ -134,7 +134,7 @@ def beside_controls(scenarios: list[str], controls: dict[str, str]) -> list[str]
 def markdown_report(
     summary: pd.DataFrame, claims: list[ClaimResult], compare_id: str, command: str, seeds: list[int],
     seconds: Optional[float], plot_path: Optional[str], controls: Optional[dict[str, str]] = None,
-    gaps: Optional[pd.DataFrame] = None,
+    gaps: Optional[pd.DataFrame] = None, order: Optional[list[str]] = None,
 ) -> str:
     took = f", in {seconds / 60:.1f} minutes" if seconds is not None else ""
     lines = [
@@ -175,7 +175,10 @@ def markdown_report(
         ]
     metrics = sorted(summary[schema.METRIC].unique(), key=_metric_order)
     controls = controls or {}
-    for scenario in beside_controls(list(summary[SCENARIO].unique()), controls):
+    present_scenarios = list(summary[SCENARIO].unique())
+    if order:  # the config's order, scenarios it no longer lists last
+        present_scenarios.sort(key=lambda name: order.index(name) if name in order else len(order))
+    for scenario in beside_controls(present_scenarios, controls):
         part = summary[summary[SCENARIO] == scenario]
         title = f"## {scenario}" + (f" (control of {controls[scenario]})" if scenario in controls else "")
         present = [m for m in metrics if m in set(part[schema.METRIC])]
@@ -253,7 +256,8 @@ def write_report(
         with open(cc.report, "w") as handle:
             controls = {s.name: s.control_of for s in cc.scenarios if s.control_of}
             handle.write(markdown_report(
-                summary, claims, compare_id, command, list(cc.seeds), seconds, cc.plot, controls, control_gaps(metrics, controls)
+                summary, claims, compare_id, command, list(cc.seeds), seconds, cc.plot, controls, control_gaps(metrics, controls),
+                [s.name for s in cc.scenarios],
             ))
         print(f"compare: report written to {cc.report}")
     for r in claims:
