@@ -39,10 +39,12 @@ EXAMPLES = {
     "build-examples": [
         "ulr-spark build-examples --config conf/demo.yaml",
         "ulr-spark build-examples --config my_log.yaml --set examples.max_slate_size=20",
+        "ulr-spark build-examples --config conf/daily.yaml --full   # incremental config: rebuild every date",
     ],
     "train": [
         "ulr-spark train --config conf/demo.yaml --set train.epochs=2 --run-id try1",
         "ulr-spark train --config conf/demo.yaml --set 'train.models=[additive,xpa]' --set train.use_gpu=true",
+        "ulr-spark train --config conf/demo.yaml --run-id try1 --resume   # continue a killed run",
     ],
     "score": [
         "ulr-spark score --config conf/demo.yaml --run-id try1",
@@ -129,6 +131,16 @@ def parser() -> argparse.ArgumentParser:
                 "--simulate", action="store_true",
                 help="write a simulated log to tables.impressions first (never done unless asked)",
             )
+        if stage in ("build-examples", "run"):
+            sub.add_argument(
+                "--full", action="store_true",
+                help="with examples.incremental: rebuild every date and refit the feature transform",
+            )
+        if stage == "train":
+            sub.add_argument(
+                "--resume", action="store_true",
+                help="continue the run --run-id from its checkpoints (after it was killed or failed)",
+            )
         if stage == "compare":
             sub.add_argument(
                 "--report-only", action="store_true",
@@ -158,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             print(f"sample-log: {write_sample(config, spark, args.shape, args.sessions, args.seed)}")
         elif args.stage == "run":
-            run_all(config, spark, args.run_id, simulate=args.simulate)
+            run_all(config, spark, args.run_id, simulate=args.simulate, full=args.full)
         elif args.stage == "compare":
             from ulr_spark.experiments.compare import compare, write_report
             from ulr_spark.io.artifacts import check_run_id, new_run_id
@@ -174,7 +186,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             else:
                 compare(config, spark, args.run_id or new_run_id(), command)
         else:
-            run_stage(config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id))
+            if getattr(args, "resume", False) and not args.run_id:
+                raise ValueError("train --resume needs the --run-id of the run to continue")
+            run_stage(
+                config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id),
+                full=getattr(args, "full", False), resume=getattr(args, "resume", False),
+            )
     except Exception as error:
         message = expected_failure(error)
         if message is None or os.environ.get("ULR_SPARK_TRACEBACK"):

@@ -57,11 +57,13 @@ def _simulate(config: Config, spark: SparkSession, run_id: str) -> object:
     return simulate(spark, config, run_id)
 
 
-def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> Any:
+def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str, full: bool = False, resume: bool = False) -> Any:
+    """Run one stage. ``full``: build-examples rebuilds every date (with ``examples.incremental``);
+    ``resume``: train continues ``run_id`` from its checkpoints."""
     actions: dict[str, Callable[[], object]] = {
         "simulate": lambda: _simulate(config, spark, run_id),
-        "build-examples": lambda: build_examples(config, spark, run_id),
-        "train": lambda: train(config, spark, run_id),
+        "build-examples": lambda: build_examples(config, spark, run_id, full=full),
+        "train": lambda: train(config, spark, run_id, resume=resume),
         "score": lambda: score(config, spark, run_id),
         "evaluate": lambda: evaluate(config, spark, run_id),
     }
@@ -78,7 +80,7 @@ def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str) -> A
     return result
 
 
-def run_all(config: Config, spark: SparkSession, run_id: Optional[str] = None, simulate: bool = False) -> str:
+def run_all(config: Config, spark: SparkSession, run_id: Optional[str] = None, simulate: bool = False, full: bool = False) -> str:
     """Every stage under one run id. The log is simulated only when ``simulate`` is set: by
     default the stages read the log ``tables.impressions`` names and never write it."""
     run_id = check_run_id(run_id) if run_id else new_run_id()
@@ -86,5 +88,5 @@ def run_all(config: Config, spark: SparkSession, run_id: Optional[str] = None, s
         if stage == "simulate" and not simulate:
             print(f"== simulate skipped: reading the log at {config.tables.impressions} (pass --simulate to write one)")
             continue
-        run_stage(config, spark, stage, run_id)
+        run_stage(config, spark, stage, run_id, full=full)
     return run_id

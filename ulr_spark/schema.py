@@ -55,6 +55,9 @@ SPLIT_TEST = "test"
 
 # Columns of the simulated log and truth, and of the comparison table.
 EVENT_DATE = "event_date"
+# Examples built incrementally: a digest of the log rows of the example's event date (the files
+# holding them, their count, and the settings that shape examples), to find dates that changed.
+SOURCE_FINGERPRINT = "source_fingerprint"
 EXAMINATION_ABSOLUTE = "examination_absolute"
 COMPARE_ID = "compare_id"
 SCENARIO = "scenario"
@@ -72,7 +75,9 @@ COLUMN_COMMENTS = {
     "clicked": "1 if the item was clicked in this request, else 0",
     FEATURES: "relevance features, float32: one item's (log, candidates, scores input) or slot-major "
     "max_slate_size x num_features with zero padding (examples)",
-    EVENT_DATE: "day of the request (partition column of the log)",
+    EVENT_DATE: "day of the request (partition column of the log, and of examples built incrementally)",
+    SOURCE_FINGERPRINT: "digest of the log files and rows of the event date the example was built from "
+    "(incremental build-examples rebuilds a date when it changes)",
     SPLIT: "truth tables: train (queries in the log) or heldout (queries kept out of it); examples: train, "
     "validation (stops training early) or test (held-out clicks) requests; metrics: what was evaluated",
     LABEL: "true relevance grade 0..4 of the simulation",

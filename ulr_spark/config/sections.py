@@ -42,6 +42,9 @@ class TablesConfig(Section):
     comparison: str = "comparison"
     models: str = "models"
     petastorm_cache: str = "petastorm_cache"
+    # Training checkpoints, one folder per run (train --resume reads them); storage the driver
+    # and every training process share, like petastorm_cache.
+    checkpoints: str = "checkpoints"
 
     def path(self, name: str) -> str:
         """The absolute path or URL of table ``name`` (a field of this section)."""
@@ -192,7 +195,21 @@ class ExamplesConfig(Section):
     # merged row's requests share one MixEM posterior exactly. null: on when a configured model
     # is a mixem, off otherwise (it costs rows: clicked slates merge less).
     merge_on_clicks: Optional[bool] = None
+    # Daily runs: build only the event dates that are new or changed since the examples were
+    # built and replace exactly their rows (build-examples --full rebuilds everything). Needs
+    # columns.event_date; requests of different dates never merge (docs/operations.md).
+    incremental: bool = False
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _incremental_split(self) -> ExamplesConfig:
+        # A split by days moves with every new day: yesterday's test rows would become training
+        # rows, so every date would change. A split by a hash of the request id never moves.
+        require(
+            not (self.incremental and self.split.test_days), "incremental",
+            "cannot be combined with split.test_days (the last days move every day); use split.test_share",
+        )
+        return self
 
 
 _MODEL_OPTIONS = TypeAdapter(ModelOptions)
@@ -248,6 +265,15 @@ class TrainConfig(Section):
     # Learning rate of the embedding tables (categorical and id features), trained by Adagrad:
     # a rarely seen id gets few updates, each of which must count.
     embedding_learning_rate: Annotated[float, Field(gt=0)] = 0.05
+    # Warm start: "latest" or a run id. Each model starts from the same-named model of that run
+    # (same spec and feature transform; contexts added since keep their fresh bias rows).
+    init_from: Optional[str] = None
+    # Train only on the examples of the last window_days event dates (0: all). Needs examples
+    # built with examples.incremental (they carry their date).
+    window_days: Annotated[int, Field(ge=0)] = 0
+    # A checkpoint (weights, optimiser and schedule state, step, random state) is written at the
+    # end of every epoch and, when > 0, every this many steps; train --resume continues from it.
+    checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _models_are_known(self) -> TrainConfig:
@@ -259,6 +285,10 @@ class TrainConfig(Section):
         for name in self.models:
             require(name in known, "models", f"unknown model {name!r}; known: {known}")
         require(len(set(self.models)) == len(self.models), "models", "must not repeat a model")
+        if self.init_from is not None and self.init_from != "latest":
+            from ulr_spark.io.artifacts import RUN_ID_PATTERN
+
+            require(bool(RUN_ID_PATTERN.fullmatch(self.init_from)), "init_from", "must be 'latest' or a run id")
         for name in self.models:
             architecture, options = self.variant(name)
             require(

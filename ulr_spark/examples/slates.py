@@ -20,10 +20,11 @@ from pyspark.sql import types as T
 
 from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
+from ulr_spark.examples.incremental import extended_contexts, plan_dates, request_date, with_fingerprints
 from ulr_spark.examples.splits import SPLIT_TEST, SPLIT_VALIDATION, grid_position, log_extent, split_column, split_violations
 from ulr_spark.examples.validation import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
 from ulr_spark.features.encoding import fit_encoder, with_encoder_metadata
-from ulr_spark.io.delta import Provenance, overwrite_table
+from ulr_spark.io.delta import Provenance, overwrite_table, replace_rows
 from ulr_spark.io.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
 from ulr_spark.io.source import read_log, source_location
 from ulr_spark.io.spark import describe_step
@@ -53,11 +54,17 @@ class ExamplesSummary:
     split_requests: dict = None  # type: ignore[assignment]  # requests per split (train, validation, test)
     missing_values: dict = None  # type: ignore[assignment]  # nulls and NaN imputed, per numeric column
     grid_columns: int = 0
+    # Incremental builds (examples.incremental): the dates built, the dates left as they were,
+    # and the log files read for them (a log partitioned by date is read only where it changed).
+    dates_built: tuple = ()
+    dates_unchanged: int = 0
+    files_read: int = 0
+    plan: str = ""
 
 
 def requests_to_slates(
     log: DataFrame, cols: LogColumns, max_slate_size: int, checks: RequestChecks, width: int | None = None,
-    features: str | None = None,
+    features: str | None = None, dated: bool = False,
 ) -> DataFrame:
     """One row per request: query, context, split, the padded, slot-ordered slate arrays, and the
     request's rule counts (``check_*``). This is the one pass over the log.
@@ -65,7 +72,8 @@ def requests_to_slates(
     ``features`` names the column of each row's encoded feature vector (``width`` values;
     default: the array column as is) and a ``__split`` column, when present, the row's split.
     Rows beyond ``max_slate_size`` are counted but not collected, so a very long request
-    (infinite scroll) costs a counter, not a huge array.
+    (infinite scroll) costs a counter, not a huge array. ``dated`` adds the request's
+    ``event_date`` (incremental builds).
     """
     k = max_slate_size
     d = checks.num_features if width is None else width
@@ -83,6 +91,7 @@ def requests_to_slates(
         # Structs sort by their first field, the position; collect_list skips the nulls.
         F.array_sort(F.collect_list(entry)).alias("slate"),
         split.alias(schema.SPLIT),
+        *([request_date(cols.event_date).alias(schema.EVENT_DATE)] if dated else []),
         *checks.aggregates(),
     )
 
@@ -98,11 +107,18 @@ def requests_to_slates(
         padded("position", "0").alias(schema.POSITIONS),
         F.flatten(padded("features", f"array_repeat(cast(0 as float), {d})")).alias(schema.FEATURES),
         padded("clicked", "0").alias("request_clicks"),
+        *([F.col(schema.EVENT_DATE)] if dated else []),
         *checks.counts(),
     )
 
 
 SLATE_KEY = [schema.QUERY_ID, schema.CONTEXT_KEY, schema.SPLIT, schema.SLATE_SIZE, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES]
+
+
+def slate_key(slates: DataFrame) -> list[str]:
+    """The columns two requests must share to merge: with dates, only requests of one date merge
+    (so a date's rows can be replaced alone)."""
+    return SLATE_KEY + ([schema.EVENT_DATE] if schema.EVENT_DATE in slates.columns else [])
 
 
 def merge_identical_slates(slates: DataFrame, max_slate_size: int, on_clicks: bool = False) -> DataFrame:
@@ -114,12 +130,12 @@ def merge_identical_slates(slates: DataFrame, max_slate_size: int, on_clicks: bo
     """
     checks = RequestChecks.count_columns(slates)
     sums = [F.sum(F.col("request_clicks")[i]).alias(f"clicks_of_entry_{i}") for i in range(max_slate_size)]
-    key = SLATE_KEY + (["request_clicks"] if on_clicks else [])
+    key = slate_key(slates) + (["request_clicks"] if on_clicks else [])
     merged = slates.groupBy(*key).agg(
         F.count(F.lit(1)).alias(schema.IMPRESSIONS), *sums, *[F.sum(c).alias(c) for c in checks]
     )
     clicks = F.array(*[F.col(f"clicks_of_entry_{i}").cast("int") for i in range(max_slate_size)])
-    return merged.select(*SLATE_KEY, F.col(schema.IMPRESSIONS).cast("long"), clicks.alias(schema.CLICKS), *checks)
+    return merged.select(*slate_key(slates), F.col(schema.IMPRESSIONS).cast("long"), clicks.alias(schema.CLICKS), *checks)
 
 
 def merges_on_clicks(config: Config) -> bool:
@@ -133,7 +149,7 @@ def unmerged_slates(slates: DataFrame) -> DataFrame:
     """One row per request (weight 1): what training sees without merging."""
     checks = RequestChecks.count_columns(slates)
     return slates.select(
-        *SLATE_KEY, F.lit(1).cast("long").alias(schema.IMPRESSIONS), F.col("request_clicks").alias(schema.CLICKS), *checks
+        *slate_key(slates), F.lit(1).cast("long").alias(schema.IMPRESSIONS), F.col("request_clicks").alias(schema.CLICKS), *checks
     )
 
 
@@ -153,6 +169,7 @@ def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
         schema.QUERY_ID, schema.CONTEXT_KEY, mapping[F.col(schema.CONTEXT_KEY)].cast("int").alias(schema.CONTEXT_ID), schema.SPLIT,
         schema.SLATE_SIZE,
         schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES, schema.IMPRESSIONS, schema.CLICKS,
+        *[c for c in (schema.EVENT_DATE, schema.SOURCE_FINGERPRINT) if c in examples.columns],
     )
 
 
@@ -185,8 +202,12 @@ def trainable_violations(totals, cols: LogColumns, max_slate_size: int, total_ro
     return found
 
 
-def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
+def build_examples(config: Config, spark, run_id: str, full: bool = False) -> ExamplesSummary:
     """Validate the log, build the examples and write them in one transaction.
+
+    With ``examples.incremental`` only the event dates that are new or changed are read and
+    built, and exactly their rows are replaced (:mod:`ulr_spark.examples.incremental`);
+    ``full`` rebuilds every date and refits the feature transform.
 
     The log is read (never written): the rules are counted inside the per-request aggregation,
     the merged rows are cached, and nothing is written unless every rule holds. Fitting the
@@ -197,6 +218,16 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     describe_step(spark, "check the log's schema")
     log = read_log(config, spark)
     where = source_location(config)
+    plan = None
+    if config.examples.incremental:
+        if cols.event_date not in log.columns:
+            rule = "required by examples.incremental (examples are built and replaced by date): column is missing"
+            raise InvalidLogError([Violation(cols.event_date, rule, log.count())], log.count())
+        plan = plan_dates(config, spark, log, full)
+        print(f"build-examples: incremental: {plan.reason}" + (": nothing to build" if not plan.dates else ""))
+        if not plan.dates:
+            return ExamplesSummary(0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, {}, {}, dates_unchanged=plan.unchanged, plan=plan.reason)
+        log = plan.restrict(log, cols.event_date)
     total = log.count()
     if total == 0:
         raise InvalidLogError([Violation("<all>", "the log must not be empty (after source.filter and the date range)", 0)], 0)
@@ -210,7 +241,8 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     if config.source.format == "delta":
         set_shuffle_partitions(spark, table_bytes(spark, where), config.spark.shuffle_partitions)
     describe_step(spark, "fit the feature transform")
-    width, last_day = log_extent(log, config)
+    reused = plan.encoder if plan is not None and not plan.full else None
+    width, last_day = (reused.grid_columns, None) if reused is not None else log_extent(log, config)
     if cols.grid_from_columns:
         derived = f"{cols.row},{cols.col}"
         log = log.withColumn(derived, grid_position(cols, width))
@@ -220,12 +252,17 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
     # Fitted on the training rows only: a value first seen in validation or test is out of
     # vocabulary there, as it would be for a model serving new data.
     training = F.col(ROW_SPLIT) == schema.SPLIT_TRAIN
-    encoder, missing, unfit = fit_encoder(log, cols.features, array_length, fc, cols.query_id, cols.item_id, width, training)
+    missing: dict[str, int] = {}
+    unfit: list[tuple[str, str, int]] = []
+    if reused is not None:  # one transform for every date (module docstring of examples.incremental)
+        encoder, array_length = reused, reused.array_length
+    else:
+        encoder, missing, unfit = fit_encoder(log, cols.features, array_length, fc, cols.query_id, cols.item_id, width, training)
     if unfit:
         raise InvalidLogError([Violation(c, rule, rows) for c, rule, rows in unfit], total)
     log = log.withColumn(ENCODED, encoder.column())
     checks = RequestChecks(cols, array_length, k)
-    slates = requests_to_slates(log, cols, k, checks, encoder.width, ENCODED)
+    slates = requests_to_slates(log, cols, k, checks, encoder.width, ENCODED, dated=plan is not None)
     merged = (
         merge_identical_slates(slates, k, merges_on_clicks(config))
         if config.examples.merge_identical_slates else unmerged_slates(slates)
@@ -273,13 +310,21 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         )
         describe_step(spark, "write the examples")
         vocabulary = context_vocabulary(merged.where(~empty))
-        examples = with_encoder_metadata(with_context_ids(merged.where(~empty), vocabulary), encoder).repartition(files)
+        if reused is not None and plan is not None:
+            vocabulary = extended_contexts(plan.contexts, list(vocabulary))
+        examples = with_context_ids(merged.where(~empty), vocabulary)
+        if plan is not None:
+            examples = with_fingerprints(examples, plan)
+        examples = with_encoder_metadata(examples, encoder).repartition(files)
         # The context vocabulary travels inside the examples (context_id next to context_key) and
         # the feature transform in the features column's metadata, so one transaction writes
         # everything the trainer needs.
-        overwrite_table(
-            examples, config.tables.path("examples"), "examples", Provenance.of(config, run_id, "build-examples")
-        )
+        provenance = Provenance.of(config, run_id, "build-examples")
+        if plan is not None and not plan.full:
+            replace_rows(examples, config.tables.path("examples"), "examples", provenance, plan.predicate())
+        else:
+            dates = [schema.EVENT_DATE] if plan is not None else None
+            overwrite_table(examples, config.tables.path("examples"), "examples", provenance, partition_by=dates)
     finally:
         merged.unpersist()
     n_examples, requests = int(totals["examples"]), int(totals["requests"])
@@ -297,4 +342,8 @@ def build_examples(config: Config, spark, run_id: str) -> ExamplesSummary:
         split_requests=split_requests,
         missing_values=missing,
         grid_columns=width,
+        dates_built=tuple(d.isoformat() for d in plan.dates) if plan is not None else (),
+        dates_unchanged=plan.unchanged if plan is not None else 0,
+        files_read=len(log.inputFiles()) if plan is not None else 0,
+        plan=plan.reason if plan is not None else "",
     )

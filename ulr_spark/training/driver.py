@@ -30,8 +30,10 @@ from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
 from ulr_spark.io.spark import describe_step
 from ulr_spark.models.registry import MODEL_CLASSES
 from ulr_spark.models.spec import ModelSpec
+from ulr_spark.training import checkpoints
 from ulr_spark.training.loaders import make_converter
-from ulr_spark.training.samples import learned_bias_curves, sample_pages, validation_arrays
+from ulr_spark.training.samples import learned_bias_curves, sample_pages, validation_arrays, warn_if_mixem_rows_mix_clicks
+from ulr_spark.training.warm_start import resolve_init_run, resumed_version, warm_start_states, windowed
 from ulr_spark.training.worker import TrainJob, train_worker
 
 # A training row carries at most this many times the mean row's impressions: heavier merged
@@ -121,24 +123,6 @@ def training_rows(examples: DataFrame, cap: int) -> int:
     return int(examples.agg(F.sum(pieces).alias("n")).first()["n"])
 
 
-def warn_if_mixem_rows_mix_clicks(config: Config, examples: DataFrame) -> int:
-    """Rows whose merged requests clicked differently (0 < clicks < impressions on an entry):
-    MixEM's E-step gives such a row one posterior, an approximation. Prints a warning when a
-    MixEM model is configured and there are any; returns their count (0 when none is)."""
-    if not any(config.train.variant(name)[0] == "mixem" for name in config.train.models):
-        return 0
-    mixed = examples.where(
-        F.exists(schema.CLICKS, lambda c: (c > 0) & (c < F.col(schema.IMPRESSIONS)))
-    ).count()
-    if mixed:
-        print(
-            f"train: WARNING {mixed} example row(s) merge requests that clicked differently, so MixEM's E-step is "
-            "approximate on them: rebuild the examples with examples.merge_on_clicks (on by default when a mixem "
-            "model is configured)", flush=True,
-        )
-    return mixed
-
-
 def runs_on_cluster(spark: SparkSession) -> bool:
     """The session's master decides, not the config: spark-submit may have chosen another."""
     return not spark.sparkContext.master.startswith("local")
@@ -167,7 +151,8 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
     except Exception as error:
         raise TrainingFailedError(
             f"train: the distributed training failed ({type(error).__name__}; the workers' own error is printed above); "
-            "nothing was published, the previous runs are unchanged"
+            "nothing was published, the previous runs are unchanged; continue this run from its last checkpoint with "
+            f"`ulr-spark train --resume --run-id {jobs[0].card['run_id']}`"
         ) from error
     for job in jobs:
         if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
@@ -197,24 +182,34 @@ def model_spec(config: Config, name: str, shape: ExamplesShape, encoder: Optiona
     )
 
 
-def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
+def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False) -> list[str]:
     """Train every configured model on the examples; returns the artifact paths.
 
     The examples are read at one pinned table version (recorded in each model card). The
     models are trained into a staging folder and published (:func:`publish_run`) only when
     every model is trained and its curves are written, so a failed run is never "the latest".
 
+    Checkpoints are written as training goes (:mod:`ulr_spark.training.checkpoints`);
+    ``resume`` continues the run ``run_id`` from them, on the examples version it started with.
+
     Raises:
         ValueError: the examples are empty, hold no click, or have fewer training rows than
-            ``train.num_processes`` (each process needs at least one).
+            ``train.num_processes`` (each process needs at least one); ``resume`` with another
+            config than the run started with; a warm start from an incompatible model.
+        FileNotFoundError: ``resume`` of a run without checkpoints; ``train.init_from`` names a
+            run that did not finish.
         TrainingFailedError: the distributed training failed; nothing was published.
     """
     tc, tables = config.train, config.tables
     check_run_id(run_id)
     describe_step(spark, "read the shape of the examples")
     examples_path = tables.path("examples")
-    version = table_version(spark, examples_path)
-    all_examples = read_table(spark, examples_path, version)
+    checkpoint_run = checkpoints.join(tables.path("checkpoints"), run_id)
+    version = resumed_version(checkpoint_run, config, run_id) if resume else table_version(spark, examples_path)
+    if not resume:
+        checkpoints.remove(checkpoint_run)  # a rerun of an id starts over
+        checkpoints.write_plan(checkpoint_run, {"examples_version": version, "config_fingerprint": config.fingerprint()})
+    all_examples = windowed(read_table(spark, examples_path, version), tc.window_days)
     encoder = encoder_of_examples(all_examples)
     # Only the training split is trained on; the validation split stops training early, and the
     # test split is left to evaluate (examples built before splits existed are all training).
@@ -263,8 +258,11 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
         + (f"after {tc.early_stopping_patience} epoch(s) without a better validation loss" if tc.early_stopping_patience else "off")
         if held_out is not None else "train: no validation split (examples.split.validation_share): every epoch is trained"
     )
+    specs = [model_spec(config, name, shape, encoder) for name in tc.models]
+    init_run = resolve_init_run(tables.path("models"), tc.init_from, run_id)
+    init_states = warm_start_states(tables.path("models"), init_run, specs, encoder) if init_run else {}
     jobs = []
-    for name in tc.models:
+    for name, spec in zip(tc.models, specs):
         card = {
             "run_id": run_id,
             "model": name,
@@ -281,12 +279,13 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             "impressions_per_epoch": shape.impressions,
             "heavy_row_cap": cap,
             "loss_normaliser": normaliser,
+            "init_from": init_run if name in init_states else None,
             "torch_version": torch.__version__,
             "ulr_spark_version": __version__,
         }
         jobs.append(
             TrainJob(
-                spec=model_spec(config, name, shape, encoder),
+                spec=spec,
                 epochs=tc.epochs,
                 steps_per_epoch=steps,
                 batch_size=tc.batch_size,
@@ -303,6 +302,10 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
                 embedding_learning_rate=tc.embedding_learning_rate,
                 learning_rate_schedule=tc.learning_rate_schedule,
                 cell_impressions=dict(shape.cell_impressions),
+                checkpoint_dir=checkpoints.join(checkpoint_run, name),
+                checkpoint_every_steps=tc.checkpoint_every_steps,
+                resume=resume,
+                init_state=init_states.get(name),
             )
         )
     curves = []
@@ -334,6 +337,7 @@ def train(config: Config, spark: SparkSession, run_id: str) -> list[str]:
             )
         record = {"models": list(tc.models), "examples_path": examples_path, "examples_version": version}
         final = publish_run(staging, tables.path("models"), run_id, record)
+        checkpoints.remove(checkpoint_run)  # the artifact is now the finished run's checkpoint
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [os.path.join(final, job.spec.name) for job in jobs]

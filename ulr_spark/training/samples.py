@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ulr_spark import schema
+from ulr_spark.config import Config
 from ulr_spark.io.artifacts import Artifact, load_model
 from ulr_spark.models.curves import PageSample, bootstrap_interval
 
@@ -92,3 +93,21 @@ def sample_pages(examples: DataFrame, shape: ExamplesShape, sample_slates: int, 
         context_ids=torch.from_numpy(rows[schema.CONTEXT_ID].to_numpy().astype(np.int64)),
         weights=torch.from_numpy(rows["weight"].to_numpy().astype(np.float64)),
     )
+
+
+def warn_if_mixem_rows_mix_clicks(config: Config, examples: DataFrame) -> int:
+    """Rows whose merged requests clicked differently (0 < clicks < impressions on an entry):
+    MixEM's E-step gives such a row one posterior, an approximation. Prints a warning when a
+    MixEM model is configured and there are any; returns their count (0 when none is)."""
+    if not any(config.train.variant(name)[0] == "mixem" for name in config.train.models):
+        return 0
+    mixed = examples.where(
+        F.exists(schema.CLICKS, lambda c: (c > 0) & (c < F.col(schema.IMPRESSIONS)))
+    ).count()
+    if mixed:
+        print(
+            f"train: WARNING {mixed} example row(s) merge requests that clicked differently, so MixEM's E-step is "
+            "approximate on them: rebuild the examples with examples.merge_on_clicks (on by default when a mixem "
+            "model is configured)", flush=True,
+        )
+    return mixed

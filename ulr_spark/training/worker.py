@@ -26,6 +26,7 @@ from ulr_spark.models.registry import TrainingObjective, build_model
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.models.two_tower import DotProductTwoTower
 from ulr_spark.training.loaders import SlateBatch, quiet_petastorm_warnings, shard_batches
+from ulr_spark.training.progress import Progress, warm_start
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ class TrainJob:
     # Impressions of each observed (context id, slot) cell of the training split: the weights
     # of the dot-product model's serving direction.
     cell_impressions: Optional[dict] = None
+    # This model's checkpoint folder (training.checkpoints), its period in steps (0: at the end
+    # of each epoch only), and whether to continue from the checkpoint found there.
+    checkpoint_dir: str = ""
+    checkpoint_every_steps: int = 0
+    resume: bool = False
+    # Warm start: the saved state of the same-named model of an earlier run (train.init_from).
+    init_state: Optional[bytes] = None
 
 
 def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -111,8 +119,15 @@ class Optimizers:
             optimizer.step()
             scheduler.step()
 
-    def state_dict(self) -> list:
-        return [o.state_dict() for o in self.optimizers]
+    def state_dict(self) -> dict:
+        """Every optimiser's and schedule's state (a checkpoint holds it)."""
+        return {"optimizers": [o.state_dict() for o in self.optimizers], "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        for scheduler, saved in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(saved)
 
 
 @torch.no_grad()
@@ -167,35 +182,44 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
 
     seed_process(job.seed, rank)
     model = build_model(job.spec).to(device)
+    if job.init_state is not None:
+        warm_start(model, job.init_state)  # before DDP, which copies rank 0's weights to all
     if isinstance(model, DotProductTwoTower) and job.cell_impressions:
         model.set_cell_impressions(job.cell_impressions)  # a dropped bias is the mean bias vector
     objective = DistributedDataParallel(TrainingObjective(model), device_ids=[device.index] if job.use_gpu else None)
     optimizer = Optimizers(objective, model.relevance_tower.embedding_parameters(), job)
     k = job.spec.max_slate_size
+    run = Progress.start(job, model, optimizer, rank)
+
+    def checkpoint(finished: bool = False) -> None:
+        if job.checkpoint_dir:
+            run.save(job, model, optimizer, rank, finished)
 
     started = time.time()
-    history: list[float] = []
-    validation_history: list[float] = []
-    best_state, best_epoch, since_best = None, 0, 0
-    with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed) as batches:
-        for epoch in range(job.epochs):
+    # A resumed stream starts a new shuffle at the checkpoint's step: the step count and every
+    # state are restored, the order of the rows is not (docs/operations.md).
+    with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed + run.global_step) as batches:
+        for epoch in range(run.epoch, job.epochs if not run.finished else 0):
             epoch_start = time.time()
             loss_total = torch.zeros((), dtype=torch.float64, device=device)
             weight_total = torch.zeros((), dtype=torch.float64, device=device)
             slates = 0
             objective.train()
-            for _ in range(job.steps_per_epoch):
+            for _ in range(run.step_in_epoch, job.steps_per_epoch):
                 batch: SlateBatch = next(batches)
                 loss_sum, weight = train_step(objective, optimizer, batch, job.loss_normaliser)
                 loss_total += loss_sum
                 weight_total += weight
                 slates += batch.positions.shape[0]
+                run.advance()
+                if job.checkpoint_every_steps and run.global_step % job.checkpoint_every_steps == 0 and run.step_in_epoch < job.steps_per_epoch:
+                    checkpoint()
             # One all-reduce per epoch for the log line, not one per step.
             totals = torch.stack([loss_total, weight_total, torch.tensor(float(slates), dtype=torch.float64, device=device)])
             dist.all_reduce(totals)
             seconds = time.time() - epoch_start
             mean_loss = (totals[0] / totals[1]).item()
-            history.append(mean_loss)
+            run.history.append(mean_loss)
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(
                     f"train[{job.spec.name}]: the loss is {mean_loss} in epoch {epoch + 1}; no model is saved "
@@ -208,15 +232,16 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
                 value = torch.tensor([validation_loss(model, job.validation, device)], dtype=torch.float64, device=device)
                 dist.all_reduce(value)
                 val = value.item() / world
-                validation_history.append(val)
-                if best_state is None or val < min(validation_history[:-1]) - 1e-7:
-                    best_state, best_epoch, since_best = copy.deepcopy(model.state_dict()), epoch + 1, 0
+                run.validation_history.append(val)
+                if run.best_state is None or val < min(run.validation_history[:-1]) - 1e-7:
+                    run.best_state, run.best_epoch, run.since_best = copy.deepcopy(model.state_dict()), epoch + 1, 0
                 else:
-                    since_best += 1
-                stop = job.early_stopping_patience > 0 and since_best >= job.early_stopping_patience
-                note = f" validation_loss={val:.5f}" + (" (best)" if since_best == 0 else "")
+                    run.since_best += 1
+                stop = job.early_stopping_patience > 0 and run.since_best >= job.early_stopping_patience
+                note = f" validation_loss={val:.5f}" + (" (best)" if run.since_best == 0 else "")
+            run.next_epoch()
             if rank == 0:
-                eta = (time.time() - started) / (epoch + 1) * (job.epochs - epoch - 1)
+                eta = (time.time() - started) / (epoch + 1 - run.first_epoch) * (job.epochs - epoch - 1)
                 print(
                     f"train[{job.spec.name}] epoch {epoch + 1}/{job.epochs} loss={mean_loss:.5f}{note} "
                     f"slates/s={totals[2].item() / max(seconds, 1e-9):,.0f} "
@@ -227,17 +252,22 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
                 if rank == 0:
                     print(
                         f"train[{job.spec.name}] early stop: no better validation loss for {job.early_stopping_patience} "
-                        f"epoch(s); keeping epoch {best_epoch}", flush=True,
+                        f"epoch(s); keeping epoch {run.best_epoch}", flush=True,
                     )
                 break
-    if best_state is not None and job.early_stopping_patience > 0:
-        model.load_state_dict(best_state)
-    if isinstance(model, DotProductTwoTower) and job.cell_impressions:
-        model.set_serving_direction(job.cell_impressions)
+            checkpoint()
+    if not run.finished:
+        if run.best_state is not None and job.early_stopping_patience > 0:
+            model.load_state_dict(run.best_state)
+        if isinstance(model, DotProductTwoTower) and job.cell_impressions:
+            model.set_serving_direction(job.cell_impressions)
+        checkpoint(finished=True)
     if rank == 0:
         card = {
-            **job.card, "loss_history": history, "validation_loss_history": validation_history,
-            "best_epoch": best_epoch if job.early_stopping_patience > 0 and best_epoch else len(history), "world_size": world, "train_seconds": time.time() - started,
+            **job.card, "loss_history": run.history, "validation_loss_history": run.validation_history,
+            "best_epoch": run.best_epoch if job.early_stopping_patience > 0 and run.best_epoch else len(run.history),
+            "world_size": world, "train_seconds": time.time() - started, "steps": run.global_step,
+            "resumed_at_step": run.resumed_at, "warm_started": job.init_state is not None,
         }
         if isinstance(model, MixEMTwoTower):  # MixEM: the learned share of requests per component
             card["component_shares"] = [float(v) for v in model.component_shares().detach().cpu()]
