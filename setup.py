@@ -22,6 +22,7 @@ setup(
         "pandas>=2.1,<3",
         "torch>=2.4,<3",
         "pyyaml>=6",
+        "fsspec>=2023.1",
         "pydantic>=2.7,<3",
     ],
     extras_require={"test": ["pytest>=8"], "mlflow": ["mlflow-skinny>=2.10"]},

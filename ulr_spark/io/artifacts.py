@@ -3,25 +3,39 @@ with the model spec, the feature schema, the contexts and the config that produc
 ``<models>/<run_id>/run.json`` says that the run finished.
 
 Training writes every model of a run into a staging folder; only when the whole stage has
-succeeded (every model trained, its curves written) does :func:`publish_run` add ``run.json``
-and rename the folder into place. So a failed or killed run is never read: scoring and
+succeeded (every model trained, its curves written) does :func:`publish_run` put the folder in
+place and write ``run.json``, last. So a failed or killed run is never read: scoring and
 evaluation only see runs with ``run.json``, and "the latest run" is the one that finished last
 (by the time recorded in ``run.json``, not by a folder's modification time). A rerun of the same
-run id replaces the run whole.
+run id replaces the run whole. Likewise a model's card is written after its weights, and a
+folder without a card is no model.
+
+``models_root`` may be a POSIX path or a URL of any storage that fsspec reaches
+(:mod:`ulr_spark.io.storage`, which also says how the writes stay atomic there).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import os
 import re
-import shutil
 import uuid
 from dataclasses import dataclass
 
 import torch
 
+from ulr_spark.io.storage import (
+    commit_folder,
+    exists,
+    isdir,
+    join,
+    json_bytes,
+    list_names,
+    open_file,
+    read_bytes,
+    read_json,
+    read_marker,
+    write_folder,
+)
 from ulr_spark.models.base import ClickModel
 from ulr_spark.models.registry import build_model
 from ulr_spark.models.spec import ModelSpec
@@ -68,34 +82,24 @@ def check_run_id(run_id: str) -> str:
 
 
 def artifact_dir(models_root: str, run_id: str, model_name: str) -> str:
-    return os.path.join(models_root, check_run_id(run_id), model_name)
+    return join(models_root, check_run_id(run_id), model_name)
 
 
 def staging_run_dir(models_root: str, run_id: str) -> str:
     """A fresh folder to train a run into before :func:`publish_run` puts it in place."""
-    return os.path.join(models_root, f".staging-{check_run_id(run_id)}-{uuid.uuid4().hex[:8]}")
+    return join(models_root, f".staging-{check_run_id(run_id)}-{uuid.uuid4().hex[:8]}")
 
 
 def publish_run(staging: str, models_root: str, run_id: str, record: dict) -> str:
     """Mark a staged run finished (``run.json`` with ``record`` and the completion time) and
-    rename it to ``<models_root>/<run_id>``, replacing an earlier run of that id. Returns the
-    run's folder."""
-    final = os.path.join(models_root, check_run_id(run_id))
+    put it in place as ``<models_root>/<run_id>``, replacing an earlier run of that id whole.
+    Returns the run's folder. ``run.json`` is the commit: on POSIX it is written into the
+    staging folder, which is then renamed; on an object store the earlier run's ``run.json`` is
+    deleted first, the files are copied (each card after its weights) and ``run.json`` is
+    written last."""
+    final = join(models_root, check_run_id(run_id))
     completed = {**record, "run_id": run_id, "completed_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    with open(os.path.join(staging, RUN), "w") as handle:
-        json.dump(completed, handle, indent=2, sort_keys=True)
-    replaced = None
-    if os.path.exists(final):
-        replaced = os.path.join(models_root, f".replaced-{run_id}-{uuid.uuid4().hex[:8]}")
-        os.replace(final, replaced)
-    try:
-        os.replace(staging, final)
-    except OSError:
-        if replaced:  # put the earlier run back rather than leave the id without a run
-            os.replace(replaced, final)
-        raise
-    if replaced:
-        shutil.rmtree(replaced, ignore_errors=True)
+    commit_folder(staging, final, RUN, json_bytes(completed), inner_markers=(CARD,))
     return final
 
 
@@ -105,31 +109,30 @@ def run_record(models_root: str, run_id: str) -> dict:
     Raises:
         FileNotFoundError: no run of that id, or the run did not finish.
     """
-    path = os.path.join(models_root, check_run_id(run_id), RUN)
-    if not os.path.exists(path):
-        if os.path.isdir(os.path.dirname(path)):
+    run_dir = join(models_root, check_run_id(run_id))
+    record = read_marker(run_dir, RUN)
+    if record is None:
+        if isdir(run_dir):
             raise FileNotFoundError(
                 f"run {run_id!r} under {models_root} has no {RUN}: it did not finish training (or was trained by a "
                 "version of ulr-spark before run.json, docs/decisions.md); retrain it"
             )
         raise FileNotFoundError(f"no trained models for run_id={run_id!r} under {models_root}")
-    with open(path) as handle:
-        record: dict = json.load(handle)
-    return record
+    return dict(record)
+
+
+def artifact_complete(path: str) -> bool:
+    """Whether the artifact folder ``path`` holds its card, which is written after the weights."""
+    return exists(join(path, CARD))
 
 
 def save_artifact(path: str, model: ClickModel, card: dict) -> None:
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".staging-{uuid.uuid4().hex}")
-    os.makedirs(staging)
+    """Write a model's weights, then its card (the card commits the folder); an earlier
+    artifact at ``path`` is replaced whole."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"spec": model.spec.to_dict(), "state_dict": state}, os.path.join(staging, WEIGHTS))
-    with open(os.path.join(staging, CARD), "w") as handle:
-        json.dump({**card, "spec": model.spec.to_dict(), "artifact_format": ARTIFACT_FORMAT}, handle, indent=2, sort_keys=True)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(staging, path)
+    payload = {"spec": model.spec.to_dict(), "state_dict": state}
+    full_card = {**card, "spec": model.spec.to_dict(), "artifact_format": ARTIFACT_FORMAT}
+    write_folder(path, {WEIGHTS: lambda handle: torch.save(payload, handle)}, CARD, json_bytes(full_card))
 
 
 def read_artifact(path: str) -> Artifact:
@@ -139,8 +142,13 @@ def read_artifact(path: str) -> Artifact:
         ValueError: the artifact was written by a newer version of ulr-spark (a newer layout, or
             spec keys this version does not know).
     """
-    with open(os.path.join(path, CARD)) as handle:
-        card = json.load(handle)
+    try:
+        card = read_json(join(path, CARD))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the artifact {path} has no {CARD}: it was not written completely (its training stopped before the card, "
+            "which is written last)"
+        ) from None
     written = card.get("artifact_format", 1)
     if not isinstance(written, int) or written > ARTIFACT_FORMAT:
         raise ValueError(
@@ -176,15 +184,15 @@ def upgrade_state_dict(model: torch.nn.Module, state: dict) -> dict:
 
 
 def load_model(artifact: Artifact, device: torch.device | str = "cpu") -> ClickModel:
-    payload = torch.load(os.path.join(artifact.path, WEIGHTS), map_location=device, weights_only=True)
+    with open_file(join(artifact.path, WEIGHTS)) as handle:
+        payload = torch.load(handle, map_location=device, weights_only=True)
     model = build_model(artifact.spec)
     model.load_state_dict(upgrade_state_dict(model, payload["state_dict"]))
     return model.to(device).eval()
 
 
 def weights_bytes(artifact: Artifact) -> bytes:
-    with open(os.path.join(artifact.path, WEIGHTS), "rb") as handle:
-        return handle.read()
+    return read_bytes(join(artifact.path, WEIGHTS))
 
 
 def run_artifacts(models_root: str, run_id: str) -> list[Artifact]:
@@ -195,25 +203,25 @@ def run_artifacts(models_root: str, run_id: str) -> list[Artifact]:
         ValueError: the run id is not valid, or an artifact was written by a newer version.
     """
     record = run_record(models_root, run_id)
-    run_dir = os.path.join(models_root, run_id)
-    names = sorted(record.get("models") or (n for n in os.listdir(run_dir) if os.path.exists(os.path.join(run_dir, n, CARD))))
+    run_dir = join(models_root, run_id)
+    names = sorted(record.get("models") or (
+        n for n in list_names(run_dir) if not n.startswith(".") and artifact_complete(join(run_dir, n))
+    ))
     if not names:
         raise FileNotFoundError(f"run {run_id!r} has no model artifact under {run_dir}")
-    return [read_artifact(os.path.join(run_dir, n)) for n in names]
+    return [read_artifact(join(run_dir, n)) for n in names]
 
 
 def latest_run_id(models_root: str) -> str:
     """The run that finished last (by the completion time in its ``run.json``); runs that did
     not finish are never chosen."""
     finished = []
-    if os.path.isdir(models_root):
-        for name in os.listdir(models_root):
-            if name.startswith(".") or not RUN_ID_PATTERN.fullmatch(name):
-                continue
-            path = os.path.join(models_root, name, RUN)
-            if os.path.exists(path):
-                with open(path) as handle:
-                    finished.append((json.load(handle).get("completed_at", ""), name))
+    for name in list_names(models_root):
+        if name.startswith(".") or not RUN_ID_PATTERN.fullmatch(name):
+            continue
+        record = read_marker(join(models_root, name), RUN)
+        if record is not None:
+            finished.append((record.get("completed_at", ""), name))
     if not finished:
         raise FileNotFoundError(f"no finished training run under {models_root}; run `ulr-spark train` first")
     return max(finished)[1]

@@ -12,7 +12,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,10 +23,11 @@ from pyspark.sql import functions as F
 from ulr_spark import __version__, schema
 from ulr_spark.config import Config
 from ulr_spark.features.encoding import FeatureEncoder, encoder_of_examples
-from ulr_spark.io.artifacts import check_run_id, publish_run, read_artifact, staging_run_dir
+from ulr_spark.io.artifacts import artifact_complete, check_run_id, publish_run, read_artifact, staging_run_dir
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_version
 from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
 from ulr_spark.io.spark import describe_step
+from ulr_spark.io.storage import remove_tree
 from ulr_spark.models.registry import MODEL_CLASSES
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.training import checkpoints
@@ -155,7 +155,7 @@ def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], 
             f"`ulr-spark train --resume --run-id {jobs[0].card['run_id']}`"
         ) from error
     for job in jobs:
-        if not os.path.exists(os.path.join(job.artifact_path, "model.json")):
+        if not artifact_complete(job.artifact_path):
             raise TrainingFailedError(f"train: the distributed job ended without writing {job.artifact_path}; nothing was published")
 
 
@@ -339,5 +339,5 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
         final = publish_run(staging, tables.path("models"), run_id, record)
         checkpoints.remove(checkpoint_run)  # the artifact is now the finished run's checkpoint
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
     return [os.path.join(final, job.spec.name) for job in jobs]
