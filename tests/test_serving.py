@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from tests.conftest import small_config
 from ulr_spark import schema
+from ulr_spark.config import ConfigError
 from ulr_spark.features.encoding import CategoricalEncoding, FeatureEncoder, NumericEncoding
 from ulr_spark.io.artifacts import publish_run, save_artifact, staging_run_dir
 from ulr_spark.io.delta import read_table
@@ -219,3 +220,28 @@ def test_export_command_writes_one_model_and_its_signature(tmp_path, capsys):
     assert [i["columns"] for i in signature["inputs"]] == [["features"], ["price", "rating"], ["brand", "seller", "item_id", "query_id"]]
     assert main(["export", "--config", str(config), "--out", str(out), "--model", "pal"]) == 1
     assert "run 'r1' has no model 'pal'; its models: ['additive', 'dot_product']" in capsys.readouterr().err
+
+
+def test_registering_puts_the_exported_model_in_mlflows_registry(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    from ulr_spark.io.artifacts import run_artifacts
+    from ulr_spark.io.tracking import register_relevance_models
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow-skinny has no database backend
+    uri = "file://" + str(tmp_path / "mlruns")
+    config = small_config(tmp_path, tracking={"mlflow": True, "tracking_uri": uri, "register_model": True})
+    publish_encoded_run(config.tables.path("models"), "r1")
+    artifacts = run_artifacts(config.tables.path("models"), "r1")
+    assert register_relevance_models(config, "r1", artifacts[:1]) == [("ulr-spark-additive", "1")]
+    assert register_relevance_models(config, "r1", artifacts[:1]) == [("ulr-spark-additive", "2")]
+    version = MlflowClient(uri).get_model_version("ulr-spark-additive", "2")
+    assert version.tags["ulr_spark.run_id"] == "r1"
+    folder = download_artifacts(version.source, dst_path=str(tmp_path / "download"), tracking_uri=uri)
+    frame = pd.DataFrame(ROWS, columns=COLUMNS)
+    expected = load_relevance_model(config.tables.path("models"), "r1", model="additive").score(frame)
+    np.testing.assert_allclose(load_exported(folder).score(frame), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="register_model.*needs tracking.mlflow"):
+        small_config(tmp_path, tracking={"register_model": True})
