@@ -20,6 +20,7 @@ PRODUCTION = [
     "ulr_spark.pipeline",
     "ulr_spark.diagnostics",
     "ulr_spark.notebook",
+    "ulr_spark.serving",
 ]
 NOT_PRODUCTION = ("ulr_spark.simulation", "ulr_spark.experiments")
 

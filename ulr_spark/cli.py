@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     "run": "All stages in order: build-examples, train, score, evaluate (and first simulate, with --simulate).",
     "compare": "Every model on every scenario over several seeds, with boosted-tree baselines; "
     "writes the comparison table, a Markdown report and a plot.",
+    "export": "Export a run's relevance models (feature transform + tower) to TorchScript files that score "
+    "without ulr-spark or Spark (docs/serving.md).",
 }
 
 EXAMPLES = {
@@ -63,6 +65,10 @@ EXAMPLES = {
         "ulr-spark compare --config conf/compare.yaml --set 'compare.seeds=[1]'",
         "ulr-spark compare --config conf/compare.yaml --report-only --run-id <compare id>",
     ],
+    "export": [
+        "ulr-spark export --config conf/demo.yaml --out /tmp/serving   # every model of the newest run",
+        "ulr-spark export --config conf/demo.yaml --run-id try1 --model additive --out /tmp/serving",
+    ],
 }
 
 WRITES = {
@@ -74,14 +80,16 @@ WRITES = {
     "evaluate": "table metrics, and prints them",
     "run": "all of the above under one run id (the log only with --simulate)",
     "compare": "table comparison/metrics, a Markdown report and a plot",
+    "export": "<out>/<model>/relevance_model.pt and signature.json; reads models/<run_id>/, starts no Spark",
 }
 
 
 def _epilog(stage: str) -> str:
     job = "run" if stage == "run" else stage.replace("-", "_")
     lines = ["examples:"] + [f"  {e}" for e in EXAMPLES[stage]]
-    if stage == "sample-log":
-        return "\n".join(lines + ["", f"writes: {WRITES[stage]} (paths under tables.root)"])
+    if stage in ("sample-log", "export"):
+        where = "" if stage == "export" else " (paths under tables.root)"
+        return "\n".join(lines + ["", f"writes: {WRITES[stage]}{where}"])
     lines += [
         "  spark-submit --master spark://host:7077 --packages io.delta:delta-spark_2.13:4.0.0 \\",
         "    --archives ulr-spark-env.tar.gz#environment --conf spark.pyspark.python=./environment/bin/python \\",
@@ -104,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subs = top.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    for stage in list(STAGES) + ["run", "compare", "sample-log"]:
+    for stage in list(STAGES) + ["run", "compare", "sample-log", "export"]:
         sub = subs.add_parser(
             stage,
             help=DESCRIPTIONS[stage],
@@ -119,8 +127,8 @@ def parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--run-id",
-            help="run to write or read; train, run and compare start a new one by default, score and "
-            "evaluate use the newest",
+            help="run to write or read; train, run and compare start a new one by default, score, evaluate and "
+            "export use the newest",
         )
         if stage == "sample-log":
             sub.add_argument("--shape", required=True, choices=["search", "marketplace", "grid"], help="shape of the log")
@@ -141,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
                 "--resume", action="store_true",
                 help="continue the run --run-id from its checkpoints (after it was killed or failed)",
             )
+        if stage == "export":
+            sub.add_argument("--out", required=True, help="folder to write <model>/relevance_model.pt and signature.json into")
+            sub.add_argument("--model", help="export only this model of the run (default: every model)")
         if stage == "compare":
             sub.add_argument(
                 "--report-only", action="store_true",
@@ -160,6 +171,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, FileNotFoundError) as error:
         print(f"ulr-spark: {error}", file=sys.stderr)
         return 2
+    if args.stage == "export":
+        return export(config, args)
 
     from ulr_spark.io.spark import get_spark
 
@@ -197,6 +210,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         if message is None or os.environ.get("ULR_SPARK_TRACEBACK"):
             raise
         print(f"ulr-spark {args.stage}: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def export(config, args: argparse.Namespace) -> int:
+    """``ulr-spark export``: no Spark session, only the run's artifacts."""
+    from ulr_spark.serving.export import export_run
+
+    try:
+        for path in export_run(config.tables.path("models"), args.out, args.run_id, args.model):
+            print(f"export: {path}")
+    except (FileNotFoundError, ValueError) as error:
+        if os.environ.get("ULR_SPARK_TRACEBACK"):
+            raise
+        print(f"ulr-spark export: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -43,6 +43,8 @@ def _track(config: Config, stage: str, run_id: str, result: Any) -> None:
         return
     if stage == "train":
         tracking.log_training(config, run_id, [read_artifact(path) for path in result])
+        if config.tracking.register_model:
+            tracking.register_relevance_models(config, run_id, [read_artifact(path) for path in result])
     elif stage == "evaluate":
         rows = result.collect()
         overall = [r for r in rows if schema.POSITION not in r.asDict() or r[schema.POSITION] is None]

@@ -335,9 +335,14 @@ class TrackingConfig(Section):
     tracking_uri: str = ""
     experiment: str = "ulr-spark"
     log_models: bool = True
+    # After training, export each model's relevance model (docs/serving.md) into the MLflow run and
+    # register it as a new version of the registered model "ulr-spark-<model>": a deployment
+    # picks a version there instead of a folder. Needs mlflow on.
+    register_model: bool = False
 
     @model_validator(mode="after")
     def _mlflow_is_installed(self) -> TrackingConfig:
+        require(self.mlflow or not self.register_model, "register_model", "needs tracking.mlflow: true")
         if self.mlflow:
             import importlib.util
 

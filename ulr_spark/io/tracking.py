@@ -9,6 +9,7 @@ logs the metrics. The Delta tables stay the record; MLflow is a view for people 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -81,3 +82,36 @@ def log_metrics(config: Config, run_id: str, metrics: dict[tuple[str, str], floa
     """``{(model, metric): value}`` from ``evaluate``."""
     with mlflow_run(config, run_id) as mlflow:
         mlflow.log_metrics({metric_name(model, metric): value for (model, metric), value in metrics.items()})
+
+
+REGISTERED_MODEL_PREFIX = "ulr-spark-"
+
+
+def register_relevance_models(config: Config, run_id: str, artifacts: list) -> list[tuple[str, str]]:
+    """With ``tracking.register_model``: export each artifact's relevance model
+    (:func:`ulr_spark.serving.export.export_relevance_model`), log the folder under
+    ``relevance/<model>`` of the run's MLflow run, and register it as a new version of the
+    registered model ``ulr-spark-<model>`` (created when missing), tagged with the run id.
+    Returns (registered model, version) per artifact."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from ulr_spark.serving.export import export_relevance_model
+
+    registered = []
+    with mlflow_run(config, run_id) as mlflow, tempfile.TemporaryDirectory() as folder:
+        client = MlflowClient()
+        active = mlflow.active_run().info.run_id
+        for artifact in artifacts:
+            model, path = artifact.spec.name, f"relevance/{artifact.spec.name}"
+            export_relevance_model(artifact, os.path.join(folder, model))
+            mlflow.log_artifacts(os.path.join(folder, model), artifact_path=path)
+            name = REGISTERED_MODEL_PREFIX + model
+            if not client.search_registered_models(filter_string=f"name = '{name}'"):
+                client.create_registered_model(name, description="ulr-spark relevance model (docs/serving.md)")
+            version = client.create_model_version(
+                name, source=mlflow.get_artifact_uri(path), run_id=active, tags={RUN_ID_TAG: run_id},
+            )
+            registered.append((name, str(version.version)))
+    return registered
