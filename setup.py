@@ -26,5 +26,6 @@ setup(
         "pydantic>=2.7,<3",
     ],
     extras_require={"test": ["pytest>=8"], "mlflow": ["mlflow-skinny>=2.10"]},
-    entry_points={"console_scripts": ["ulr-spark=ulr_spark.cli:main"]},
+    # ulr-spark-job: the same command for job runners that ignore a return code (Databricks).
+    entry_points={"console_scripts": ["ulr-spark=ulr_spark.cli:main", "ulr-spark-job=ulr_spark.cli:job"]},
 )

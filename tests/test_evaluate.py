@@ -125,3 +125,48 @@ def test_distractor_leak_is_the_within_query_least_squares_ratio(spark):
     leak = {row[schema.MODEL]: row[schema.VALUE] for row in distractor_leak(spark.createDataFrame(frame)).collect()}
     assert set(leak) == {"leaky", "clean"}
     assert abs(leak["leaky"] - 0.25) < 0.01 and abs(leak["clean"]) < 0.01
+
+
+def test_two_evaluate_runs_at_once_both_land(spark, tmp_path):
+    """Two evaluate runs write the metrics table at the same moment, the first write of all
+    creating it: both commit, and each run's rows are there exactly once."""
+    import threading
+
+    from pyspark.sql import functions as F
+
+    from ulr_spark.evaluation import evaluate
+    from ulr_spark.io.delta import commits_of_run, read_table
+
+    # Labels a=1, b=2, c=1 (evaluation_tables): r1 ranks b first (NDCG@1 = 1), r2 ranks a first
+    # (NDCG@1 = (2^1 - 1) / (2^2 - 1)).
+    config = evaluation_tables(spark, tmp_path, [("q1", "a", 0.1), ("q1", "b", 0.9), ("q1", "c", 0.2)])
+    config = config.model_copy(update={"evaluate": config.evaluate.model_copy(update={"queries": "all"})})
+    scores_path = config.tables.path("scores")
+    read_table(spark, scores_path).where(F.col(schema.RUN_ID) == "r1").withColumn(schema.RUN_ID, F.lit("r2")).withColumn(
+        schema.SCORE, F.when(F.col(schema.ITEM_ID) == "a", 0.9).otherwise(F.col(schema.SCORE) / 10)
+    ).localCheckpoint().write.format("delta").mode("append").save(scores_path)
+
+    start, errors = threading.Barrier(2), []
+
+    def run(run_id):
+        try:
+            start.wait()
+            evaluate(config, spark, run_id)
+        except Exception as error:  # collected: the assertion below names it
+            errors.append(f"{run_id}: {type(error).__name__}: {str(error)[:300]}")
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in ("r1", "r2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    path = config.tables.path("metrics")
+    rows = read_table(spark, path).collect()
+    metrics = {r: sorted(x[schema.METRIC] for x in rows if x[schema.RUN_ID] == r) for r in ("r1", "r2")}
+    expected = sorted(f"ndcg@{k}" for k in config.evaluate.ndcg_at)
+    assert metrics == {"r1": expected, "r2": expected}, "each run's metrics exactly once, nothing lost"
+    assert len(rows) == 2 * len(expected)
+    at_1 = {x[schema.RUN_ID]: x[schema.VALUE] for x in rows if x[schema.METRIC] == "ndcg@1"}
+    assert at_1 == pytest.approx({"r1": 1.0, "r2": 1 / 3}), "each run wrote its own values"
+    assert commits_of_run(spark, path, "r1") and commits_of_run(spark, path, "r2")

@@ -229,6 +229,15 @@ def export(config, args: argparse.Namespace) -> int:
     return 0
 
 
+def job() -> None:
+    """The ``ulr-spark-job`` entry point of scheduled jobs (Databricks ``python_wheel_task``):
+    ``ulr-spark`` that fails the task when the command fails. A job runner calls an entry point
+    and may ignore what it returns, so a failure must leave as an exception (``SystemExit``)."""
+    code = main()
+    if code:
+        raise SystemExit(code)
+
+
 def expected_failure(error: BaseException) -> Optional[str]:
     """The one-paragraph message of a failure a user can cause (bad input, a missing table or
     run, a concurrent writer, failed training), or None for a bug, whose traceback is shown
