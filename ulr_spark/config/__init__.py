@@ -16,9 +16,9 @@ from ulr_spark.config.sections import (
     SparkConfig,
     SplitConfig,
     TablesConfig,
-    TrackingConfig,
     TrainConfig,
 )
+from ulr_spark.config.tracking import TrackingConfig
 
 __all__ = [
     "OWNED_SECTIONS",

@@ -30,9 +30,9 @@ from ulr_spark.config.sections import (
     SourceConfig,
     SparkConfig,
     TablesConfig,
-    TrackingConfig,
     TrainConfig,
 )
+from ulr_spark.config.tracking import TrackingConfig
 
 
 class ConfigError(ValueError):

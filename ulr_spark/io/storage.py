@@ -122,6 +122,16 @@ def write_bytes(url: str, data: bytes) -> None:
     fs.pipe_file(path, data)
 
 
+def replace_file(url: str, data: bytes) -> None:
+    """Write ``data`` under a temporary name beside ``url``, then move it onto ``url``: a reader
+    (or a kill in the middle) finds the earlier file or the new one, never half of one."""
+    fs, path = filesystem(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.pipe_file(temporary, data)
+    fs.mv(temporary, path)
+
+
 def json_bytes(value: Any) -> bytes:
     return json.dumps(value, indent=2, sort_keys=True).encode()
 

@@ -19,48 +19,26 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from typing import Any, Optional
 
-import fsspec
 import torch
+
+from ulr_spark.io import storage
+from ulr_spark.io.storage import join
 
 PLAN = "plan.json"
 STATE = "state.pt"
 
 
-def _fs(url: str):
-    return fsspec.core.url_to_fs(url)
-
-
-def join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts)
-
-
-def write_atomically(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` through a temporary name in the same folder, then move it on."""
-    fs, path = _fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(temporary, "wb") as handle:
-        handle.write(data)
-    fs.mv(temporary, path)
-
-
 def read_bytes(url: str) -> Optional[bytes]:
     """The file's bytes, or None when it does not exist."""
-    fs, path = _fs(url)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as handle:
-        data: bytes = handle.read()
-    return data
+    return storage.read_bytes(url) if storage.exists(url) else None
 
 
 def save_torch(url: str, payload: Any) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_atomically(url, buffer.getvalue())
+    storage.replace_file(url, buffer.getvalue())
 
 
 def load_torch(url: str) -> Optional[Any]:
@@ -70,7 +48,7 @@ def load_torch(url: str) -> Optional[Any]:
 
 
 def write_plan(run_dir: str, plan: dict) -> None:
-    write_atomically(join(run_dir, PLAN), json.dumps(plan, indent=2, sort_keys=True).encode())
+    storage.replace_file(join(run_dir, PLAN), json.dumps(plan, indent=2, sort_keys=True).encode())
 
 
 def read_plan(run_dir: str) -> Optional[dict]:
@@ -80,6 +58,4 @@ def read_plan(run_dir: str) -> Optional[dict]:
 
 def remove(run_dir: str) -> None:
     """Delete a run's checkpoints (after it was published)."""
-    fs, path = _fs(run_dir)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    storage.remove_tree(run_dir)
