@@ -97,6 +97,33 @@ def test_duplicate_pairs_are_scored_once_and_counted(spark, env):
         assert table.groupBy(schema.MODEL, schema.QUERY_ID, schema.ITEM_ID).count().where("count > 1").count() == 0
 
 
+def test_only_changed_scores_new_and_changed_pairs_and_a_rerun_loses_nothing(spark, env):
+    config = env.model_copy(update={"score": env.score.model_copy(update={"only_changed": True})})
+    assert score(config, spark, "r1").pairs_scored == 20
+    # The next day: 3 pairs' features changed, 2 pairs are new, a new run scores.
+    changed = pairs_frame(spark, 4, 5).withColumn(
+        schema.FEATURES, F.when(F.col(schema.ITEM_ID) == "i0", F.array(F.lit(9.0), F.lit(9.0), F.lit(9.0))).otherwise(F.col(schema.FEATURES))
+    ).where(F.col(schema.QUERY_ID) != "q3").unionByName(pairs_frame(spark, 4, 5).where(F.col(schema.QUERY_ID) == "q3"))
+    grown = changed.where(~((F.col(schema.QUERY_ID) == "q3") & (F.col(schema.ITEM_ID) == "i0"))).unionByName(
+        pairs_frame(spark, 1, 2, offset=5.0).withColumn(schema.QUERY_ID, F.lit("q-new"))
+    )
+    grown.write.format("delta").mode("overwrite").save(config.tables.path("candidates"))
+    publish_untrained_run(config.tables.path("models"), "r2", seed=1)
+    summary = score(config, spark, "r2")
+    assert (summary.pairs_scored, summary.pairs_unchanged) == (3 + 2, 16), summary
+    assert run_rows(spark, config, "r2").count() == len(MODELS) * 5
+    newest = {(r[schema.MODEL], r[schema.QUERY_ID], r[schema.ITEM_ID]): r[schema.RUN_ID] for r in latest(spark, config).collect()}
+    # 21 pairs in the source, and (q3, i0), which left it, keeps its last score in this mode.
+    assert len(newest) == len(MODELS) * 22 and latest(spark, config).count() == len(MODELS) * 22
+    assert {k[1:] for k, run in newest.items() if run == "r2"} == {("q0", "i0"), ("q1", "i0"), ("q2", "i0"), ("q-new", "i0"), ("q-new", "i1")}
+    # A rerun (after a kill, say) finds nothing left to score and keeps what the run wrote.
+    assert score(config, spark, "r2").pairs_scored == 0
+    assert run_rows(spark, config, "r2").count() == len(MODELS) * 5
+    # Asked for all, every pair is scored and pairs that left the source leave scores_latest.
+    assert score(config, spark, "r2", only_changed=False).pairs_scored == 21
+    assert latest(spark, config).where(F.col(schema.ITEM_ID) == "i0").where(F.col(schema.QUERY_ID) == "q3").count() == 0
+
+
 def test_scores_latest_changes_only_when_a_score_moves_beyond_the_tolerance(spark, env):
     from delta.tables import DeltaTable
 

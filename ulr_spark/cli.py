@@ -144,6 +144,11 @@ def parser() -> argparse.ArgumentParser:
                 "--full", action="store_true",
                 help="with examples.incremental: rebuild every date and refit the feature transform",
             )
+        if stage == "score":
+            sub.add_argument(
+                "--all", dest="all_pairs", action="store_true",
+                help="with score.only_changed: score every pair, not only new or changed ones",
+            )
         if stage == "train":
             sub.add_argument(
                 "--resume", action="store_true",
@@ -204,6 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             run_stage(
                 config, spark, args.stage, resolve_run_id(config, args.stage, args.run_id),
                 full=getattr(args, "full", False), resume=getattr(args, "resume", False),
+                all_pairs=getattr(args, "all_pairs", False),
             )
     except Exception as error:
         message = expected_failure(error)

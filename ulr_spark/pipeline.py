@@ -59,14 +59,17 @@ def _simulate(config: Config, spark: SparkSession, run_id: str) -> object:
     return simulate(spark, config, run_id)
 
 
-def run_stage(config: Config, spark: SparkSession, stage: str, run_id: str, full: bool = False, resume: bool = False) -> Any:
+def run_stage(
+    config: Config, spark: SparkSession, stage: str, run_id: str, full: bool = False, resume: bool = False, all_pairs: bool = False,
+) -> Any:
     """Run one stage. ``full``: build-examples rebuilds every date (with ``examples.incremental``);
-    ``resume``: train continues ``run_id`` from its checkpoints."""
+    ``resume``: train continues ``run_id`` from its checkpoints; ``all_pairs``: score every pair
+    (with ``score.only_changed``)."""
     actions: dict[str, Callable[[], object]] = {
         "simulate": lambda: _simulate(config, spark, run_id),
         "build-examples": lambda: build_examples(config, spark, run_id, full=full),
         "train": lambda: train(config, spark, run_id, resume=resume),
-        "score": lambda: score(config, spark, run_id),
+        "score": lambda: score(config, spark, run_id, only_changed=False if all_pairs else None),
         "evaluate": lambda: evaluate(config, spark, run_id),
     }
     stage_group(spark, stage, run_id)

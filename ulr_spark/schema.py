@@ -29,6 +29,7 @@ DEFAULT_CONTEXT_KEY = "default"
 MODEL = "model"
 RUN_ID = "run_id"
 SCORE = "score"
+FEATURES_DIGEST = "features_digest"  # xxhash64 of the encoded features a score was computed from
 SCORED_AT = "scored_at"
 PAIRS_SOURCE = "pairs_source"  # the pairs table a scoring run read (what a rerun of it replaces)
 POSITION = "position"
@@ -98,6 +99,7 @@ COLUMN_COMMENTS = {
     RUN_ID: "run that wrote the row (also in the Delta commit's userMetadata)",
     SCORE: "debiased relevance logit of the relevance tower; higher ranks first",
     SCORED_AT: "time the score was computed",
+    FEATURES_DIGEST: "xxhash64 of the encoded features the score was computed from (score.only_changed compares it)",
     PAIRS_SOURCE: "pairs table the score was computed from; a later scoring of it under the same run replaces these rows",
     TRAINED_AT: "time the model was trained",
     METRIC: "metric name: ndcg@k or bias_curve_error",

@@ -7,7 +7,9 @@ What a scoring run replaces (docs/tables.md): the rows of ``scores`` with its ru
 models and its *pairs source* (the pairs table it read, recorded in the ``pairs_source``
 column), in one transaction. Scoring another pairs table under the same run id adds to the
 run; scoring the same table again replaces exactly what the previous scoring of it wrote, so a
-rerun never duplicates rows and pairs that left the table leave the run.
+rerun never duplicates rows and pairs that left the table leave the run. With ``score.only_changed`` (or ``score --all`` off)
+only pairs that are new or whose features changed since their newest score are scored and
+upserted into the run's rows (:mod:`ulr_spark.latest_scores`).
 
 A second transaction merges the run's scores into ``scores_latest``, the newest score of every
 (model, query, item): new pairs are inserted, a pair's row is replaced only when its score moved
@@ -37,24 +39,11 @@ from ulr_spark.examples.validation import not_finite_float32
 from ulr_spark.features.encoding import FeatureEncoder
 from ulr_spark.inference import broadcast_models, feature_matrix, models_from_broadcast
 from ulr_spark.io.artifacts import run_artifacts
-from ulr_spark.io.delta import (
-    AUTO_MERGE_SCHEMA,
-    CHANGE_FEED,
-    Provenance,
-    create_table,
-    read_table,
-    replace_rows,
-    session_setting,
-    set_table_properties,
-    sql_string,
-    table_exists,
-    tag_sql_commits,
-    with_column_comments,
-    with_retries,
-)
+from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string
 from ulr_spark.io.sizing import set_shuffle_partitions, table_bytes
 from ulr_spark.io.source import read_log, source_location
 from ulr_spark.io.spark import describe_step
+from ulr_spark.latest_scores import features_digest, unchanged_pairs, update_latest_scores, upsert_run_scores
 
 SCORE_SCHEMA = T.StructType(
     [
@@ -80,8 +69,9 @@ def _score_arrow_schema():
 
 SCORE_ARROW_SCHEMA = _score_arrow_schema()
 
-def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: int) -> DataFrame:
-    """(query_id, item_id, features) -> (query_id, item_id, model, score) for every model.
+def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: int, digest: bool = False) -> DataFrame:
+    """(query_id, item_id, features) -> (query_id, item_id, model, score) for every model, and
+    with ``digest`` the input's ``features_digest`` column passed through after them.
 
     Arrow batches go straight to torch (``mapInArrow``): the ids pass through untouched and
     the features are read from the list column's value buffer.
@@ -89,6 +79,7 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
     import pyarrow as pa
 
     broadcast = broadcast_models(spark, artifacts)
+    arrow_schema = SCORE_ARROW_SCHEMA.append(pa.field(schema.FEATURES_DIGEST, pa.int64())) if digest else SCORE_ARROW_SCHEMA
 
     def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         models = models_from_broadcast(broadcast)
@@ -105,15 +96,19 @@ def score_pairs(pairs: DataFrame, spark: SparkSession, artifacts, batch_size: in
                             item_ids,
                             pa.array([model.spec.name] * batch.num_rows, pa.string()),
                             pa.array(model.relevance(features).double().numpy()),
+                            *([batch.column(schema.FEATURES_DIGEST)] if digest else []),
                         ],
-                        schema=SCORE_ARROW_SCHEMA,
+                        schema=arrow_schema,
                     )
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     columns = pairs.select(
-        F.col(schema.QUERY_ID).cast("string"), F.col(schema.ITEM_ID).cast("string"), F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType()))
+        F.col(schema.QUERY_ID).cast("string"), F.col(schema.ITEM_ID).cast("string"), F.col(schema.FEATURES).cast(T.ArrayType(T.FloatType())),
+        *([F.col(schema.FEATURES_DIGEST).cast("long")] if digest else []),
     )
-    return columns.mapInArrow(apply, SCORE_SCHEMA)
+    # StructType.add changes the schema in place: build a new one.
+    out = T.StructType([*SCORE_SCHEMA.fields, T.StructField(schema.FEATURES_DIGEST, T.LongType())]) if digest else SCORE_SCHEMA
+    return columns.mapInArrow(apply, out)
 
 
 def pairs_to_score(config: Config, spark: SparkSession, encoder: Optional[FeatureEncoder] = None) -> tuple[DataFrame, str]:
@@ -154,11 +149,13 @@ class ScoreSummary:
     pairs_scored: int
     models: int
     pairs_source: str
+    pairs_unchanged: int = 0  # score.only_changed: pairs whose features had not changed, not rescored
 
     def __str__(self) -> str:
         return (
             f"{self.pairs_scored} pair(s) x {self.models} model(s) scored from {self.pairs_source} "
-            f"({self.rows_read} row(s) read, {self.duplicate_rows} duplicate(s) of a pair merged)"
+            f"({self.rows_read} row(s) read, {self.duplicate_rows} duplicate(s) of a pair merged"
+            + (f", {self.pairs_unchanged} unchanged pair(s) not rescored)" if self.pairs_unchanged else ")")
         )
 
 
@@ -192,10 +189,14 @@ def distinct_pairs(pairs: DataFrame, num_features: int) -> tuple[DataFrame, dict
 
 
 def score(
-    config: Config, spark: SparkSession, run_id: str, pairs: Optional[DataFrame] = None, pairs_source: Optional[str] = None
+    config: Config, spark: SparkSession, run_id: str, pairs: Optional[DataFrame] = None, pairs_source: Optional[str] = None,
+    only_changed: Optional[bool] = None,
 ) -> ScoreSummary:
     """Score ``pairs`` (by default those of ``score.source``) with every model of the run into
     ``tables.scores`` and ``tables.scores_latest`` (module docstring: what a run replaces).
+
+    ``only_changed`` (default ``score.only_changed``) scores only the pairs that are new or whose
+    features changed since their newest score in ``scores_latest`` (:mod:`ulr_spark.latest_scores`).
 
     ``pairs_source`` names where given ``pairs`` come from (required with ``pairs``): a later
     scoring of the same source under this run id replaces these rows.
@@ -214,10 +215,18 @@ def score(
     assert pairs_source is not None
     describe_step(spark, "check and deduplicate the pairs to score")
     grouped, counts = distinct_pairs(pairs, artifacts[0].spec.num_features)
+    only_changed = config.score.only_changed if only_changed is None else only_changed
+    latest_path = config.tables.path("scores_latest")
+    unchanged = 0
+    unique = grouped
     try:
         models = [a.spec.name for a in artifacts]
-        unique = grouped.select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES)
-        scores = score_pairs(unique, spark, artifacts, config.score.batch_size).select(
+        unique = grouped.select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES, features_digest().alias(schema.FEATURES_DIGEST))
+        if only_changed:
+            key = [schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES_DIGEST]
+            unique = unique.join(unchanged_pairs(spark, latest_path, pairs_source, models), key, "left_anti").persist()
+            unchanged = counts["pairs"] - unique.count()
+        scores = score_pairs(unique, spark, artifacts, config.score.batch_size, digest=True).select(
             schema.QUERY_ID,
             schema.ITEM_ID,
             schema.SCORE,
@@ -225,21 +234,27 @@ def score(
             F.lit(run_id).alias(schema.RUN_ID),
             F.lit(pairs_source).alias(schema.PAIRS_SOURCE),
             F.current_timestamp().alias(schema.SCORED_AT),
+            schema.FEATURES_DIGEST,
         )
         provenance = Provenance.of(config, run_id, "score", models)
         path = config.tables.path("scores")
         describe_step(spark, f"score {len(artifacts)} model(s) and write the scores")
-        replace_rows(
-            scores, path, "scores", provenance, run_source_predicate(run_id, pairs_source, models), change_feed=True, merge_schema=True
-        )
+        if only_changed:
+            upsert_run_scores(scores, path, provenance)
+        else:
+            predicate = run_source_predicate(run_id, pairs_source, models)
+            replace_rows(scores, path, "scores", provenance, predicate, change_feed=True, merge_schema=True)
     finally:
+        unique.unpersist()
         grouped.unpersist()
     run_scores = read_table(spark, path).where(run_source_predicate(run_id, pairs_source, models))
     describe_step(spark, "merge the run's scores into scores_latest")
-    update_latest_scores(run_scores, config.tables.path("scores_latest"), provenance, pairs_source, models, config.score.change_tolerance)
+    update_latest_scores(
+        run_scores, latest_path, provenance, pairs_source, models, config.score.change_tolerance, delete_missing=not only_changed
+    )
     return ScoreSummary(
-        rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=counts["pairs"],
-        models=len(models), pairs_source=pairs_source,
+        rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=counts["pairs"] - unchanged,
+        models=len(models), pairs_source=pairs_source, pairs_unchanged=unchanged,
     )
 
 
@@ -256,57 +271,3 @@ def run_source_predicate(run_id: str, pairs_source: str, models: list[str]) -> s
     # Rows written before the pairs_source column (null) are replaced by the run's next scoring.
     source = f"({schema.PAIRS_SOURCE} = {sql_string(pairs_source)} OR {schema.PAIRS_SOURCE} IS NULL)"
     return f"{schema.RUN_ID} = {sql_string(run_id)} AND {source} AND {schema.MODEL} IN ({names})"
-
-
-LATEST_KEY = (schema.MODEL, schema.QUERY_ID, schema.ITEM_ID)
-
-
-def update_latest_scores(
-    run_scores: DataFrame, path: str, provenance: Provenance, pairs_source: str, models: list[str], tolerance: float
-) -> None:
-    """Merge a run's scores into the table of the newest score per (model, query, item).
-
-    One MERGE transaction (retried on conflicts): pairs new to the table are inserted; a pair's
-    row is replaced when its score moved by more than ``tolerance`` x max(1, |score|), or when
-    it came from another source; rows of this source and these models that the run did not
-    score are deleted. So the table's change feed holds the scores that really changed.
-    """
-    from delta.tables import DeltaTable
-
-    spark = run_scores.sparkSession
-
-    def create() -> bool:
-        """Create the table from this run's scores, unless it exists (then the MERGE follows).
-        A concurrent creator makes this fail and retry, and the retry finds the table."""
-        if table_exists(spark, path):
-            return False
-        writer = with_column_comments(run_scores).write.format("delta").option("userMetadata", provenance.user_metadata)
-        create_table(writer.option(CHANGE_FEED, "true"), path)
-        return True
-
-    if with_retries(create, path):
-        set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)
-        return
-    on = " AND ".join(f"latest.{c} = run.{c}" for c in LATEST_KEY)
-    moved = (
-        f"NOT (abs(latest.{schema.SCORE} - run.{schema.SCORE}) <= {float(tolerance)!r} * greatest(1.0, abs(latest.{schema.SCORE}))) "
-        f"OR NOT (latest.{schema.PAIRS_SOURCE} <=> run.{schema.PAIRS_SOURCE})"
-    )
-    names = ", ".join(sql_string(m) for m in models)
-    gone = f"latest.{schema.PAIRS_SOURCE} = {sql_string(pairs_source)} AND latest.{schema.MODEL} IN ({names})"
-
-    def merge() -> None:
-        (
-            DeltaTable.forPath(spark, path)
-            .alias("latest")
-            .merge(run_scores.alias("run"), on)
-            .whenMatchedUpdateAll(condition=moved)
-            .whenNotMatchedInsertAll()
-            .whenNotMatchedBySourceDelete(condition=gone)
-            .execute()
-        )
-
-    # A scores_latest written before the pairs_source column gains it (older rows read null).
-    with tag_sql_commits(spark, provenance.user_metadata), session_setting(spark, AUTO_MERGE_SCHEMA, "true"):
-        with_retries(merge, path)
-    set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)

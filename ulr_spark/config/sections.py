@@ -315,6 +315,10 @@ class ScoreConfig(Section):
     # scores_latest replaces a pair's score only when it moved by more than this, relative to
     # max(1, |score|): a recomputation that differs in the last bits is not a change.
     change_tolerance: Annotated[float, Field(ge=0)] = 1e-6
+    # Daily runs: score only the pairs that are new or whose features changed since their newest
+    # score in scores_latest (unchanged pairs keep it); `score --all` scores every pair. Pairs
+    # that left the source are then not removed from scores_latest (docs/operations.md).
+    only_changed: bool = False
 
 
 class EvaluateConfig(Section):

@@ -6,8 +6,9 @@ A date's **fingerprint** is a digest of the log files that hold its rows, its ro
 settings that shape examples (columns, features, the examples section, the source's filter). The
 examples table keeps each row's date and the fingerprint it was built from, in the same
 transaction as the rows, so "which dates changed" is read from the table itself: a date whose
-fingerprint differs (a file added, rewritten or removed, a row count changed, a setting changed)
-is rebuilt; a date the log no longer holds (for instance, outside ``source.start_date``) is kept.
+fingerprint differs (a file added, rewritten or removed, a row count changed) is rebuilt, and a
+changed setting rebuilds every date (a full build: the transform must be refitted); a date the
+log no longer holds (for instance, outside ``source.start_date``) is kept.
 
 The feature transform and the context ids of the existing examples are reused, so rows built on
 different days share one encoding: a categorical value first seen after the full build is out of
@@ -90,10 +91,8 @@ def source_fingerprints(log: DataFrame, date_column: str, settings: str) -> dict
     per_day: dict[datetime.date, list[tuple[str, int]]] = {}
     for r in rows:
         per_day.setdefault(r["day"], []).append((r["file"], int(r["count"])))
-    return {
-        day: hashlib.sha256(json.dumps([settings, sorted(files)]).encode()).hexdigest()[:24]
-        for day, files in per_day.items()
-    }
+    # "<settings>:<files>": a changed setting is told apart from a changed date (plan_dates).
+    return {day: f"{settings}:{hashlib.sha256(json.dumps(sorted(files)).encode()).hexdigest()[:24]}" for day, files in per_day.items()}
 
 
 def built_fingerprints(examples: DataFrame) -> dict[datetime.date, str]:
@@ -118,6 +117,10 @@ def plan_dates(config: Config, spark: SparkSession, log: DataFrame, full: bool) 
     if schema.SOURCE_FINGERPRINT not in examples.columns:
         return DatePlan(True, every, current, 0, "the examples table was not built incrementally")
     built = built_fingerprints(examples)
+    settings = settings_digest(config)
+    if any(not str(digest).startswith(settings + ":") for digest in built.values()):
+        # Another transform, layout or slate size: every date must be re-encoded alike.
+        return DatePlan(True, every, current, 0, "the settings that shape examples changed since they were built")
     changed = tuple(day for day in every if built.get(day) != current[day])
     encoder = encoder_of_examples(examples)
     contexts = {r[0]: int(r[1]) for r in examples.select(schema.CONTEXT_KEY, schema.CONTEXT_ID).distinct().collect()}
@@ -127,8 +130,10 @@ def plan_dates(config: Config, spark: SparkSession, log: DataFrame, full: bool) 
 
 
 def request_date(date_column: str) -> Column:
-    """The date of a request: its rows' (the earliest, for a request logged across midnight)."""
-    return F.min(F.to_date(F.col(date_column)))
+    """The date of a log row, part of the request key of dated examples: a request logged across
+    midnight makes one slate per date, so a date's examples never depend on another date's rows
+    (in full and incremental builds alike)."""
+    return F.to_date(F.col(date_column))
 
 
 def with_fingerprints(examples: DataFrame, plan: DatePlan) -> DataFrame:

@@ -54,8 +54,7 @@ class ExamplesSummary:
     split_requests: dict = None  # type: ignore[assignment]  # requests per split (train, validation, test)
     missing_values: dict = None  # type: ignore[assignment]  # nulls and NaN imputed, per numeric column
     grid_columns: int = 0
-    # Incremental builds (examples.incremental): the dates built, the dates left as they were,
-    # and the log files read for them (a log partitioned by date is read only where it changed).
+    # Incremental builds: the dates built, the dates left as they were, the log files read for them.
     dates_built: tuple = ()
     dates_unchanged: int = 0
     files_read: int = 0
@@ -73,7 +72,8 @@ def requests_to_slates(
     default: the array column as is) and a ``__split`` column, when present, the row's split.
     Rows beyond ``max_slate_size`` are counted but not collected, so a very long request
     (infinite scroll) costs a counter, not a huge array. ``dated`` adds the request's
-    ``event_date`` (incremental builds).
+    ``event_date`` to the request key (incremental builds: a request across midnight makes one
+    slate per date).
     """
     k = max_slate_size
     d = checks.num_features if width is None else width
@@ -87,11 +87,11 @@ def requests_to_slates(
         ),
     )
     split = F.min(ROW_SPLIT) if ROW_SPLIT in log.columns else F.lit(schema.SPLIT_TRAIN)
-    per_request = log.groupBy(F.col(cols.request_id).alias("request_id")).agg(
+    dates = [request_date(cols.event_date).alias(schema.EVENT_DATE)] if dated else []
+    per_request = log.groupBy(F.col(cols.request_id).alias("request_id"), *dates).agg(
         # Structs sort by their first field, the position; collect_list skips the nulls.
         F.array_sort(F.collect_list(entry)).alias("slate"),
         split.alias(schema.SPLIT),
-        *([request_date(cols.event_date).alias(schema.EVENT_DATE)] if dated else []),
         *checks.aggregates(),
     )
 
@@ -242,7 +242,12 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
         set_shuffle_partitions(spark, table_bytes(spark, where), config.spark.shuffle_partitions)
     describe_step(spark, "fit the feature transform")
     reused = plan.encoder if plan is not None and not plan.full else None
-    width, last_day = (reused.grid_columns, None) if reused is not None else log_extent(log, config)
+    width, last_day = log_extent(log, config)
+    if reused is not None:
+        if width > reused.grid_columns and cols.grid_from_columns:
+            rule = f"must not exceed the grid width {reused.grid_columns} the examples were built with (rebuild with --full)"
+            raise InvalidLogError([Violation(cols.col, rule, log.where(F.col(cols.col) > reused.grid_columns).count())], total)
+        width = reused.grid_columns
     if cols.grid_from_columns:
         derived = f"{cols.row},{cols.col}"
         log = log.withColumn(derived, grid_position(cols, width))
@@ -313,18 +318,15 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
         if reused is not None and plan is not None:
             vocabulary = extended_contexts(plan.contexts, list(vocabulary))
         examples = with_context_ids(merged.where(~empty), vocabulary)
-        if plan is not None:
-            examples = with_fingerprints(examples, plan)
+        examples = with_fingerprints(examples, plan) if plan is not None else examples
         examples = with_encoder_metadata(examples, encoder).repartition(files)
-        # The context vocabulary travels inside the examples (context_id next to context_key) and
-        # the feature transform in the features column's metadata, so one transaction writes
-        # everything the trainer needs.
+        # Context ids (beside context_key) and the transform (the features' metadata) travel in
+        # the rows: one transaction writes everything the trainer needs.
         provenance = Provenance.of(config, run_id, "build-examples")
         if plan is not None and not plan.full:
             replace_rows(examples, config.tables.path("examples"), "examples", provenance, plan.predicate())
         else:
-            dates = [schema.EVENT_DATE] if plan is not None else None
-            overwrite_table(examples, config.tables.path("examples"), "examples", provenance, partition_by=dates)
+            overwrite_table(examples, config.tables.path("examples"), "examples", provenance, [schema.EVENT_DATE] if plan else None)
     finally:
         merged.unpersist()
     n_examples, requests = int(totals["examples"]), int(totals["requests"])
@@ -342,8 +344,6 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
         split_requests=split_requests,
         missing_values=missing,
         grid_columns=width,
-        dates_built=tuple(d.isoformat() for d in plan.dates) if plan is not None else (),
-        dates_unchanged=plan.unchanged if plan is not None else 0,
-        files_read=len(log.inputFiles()) if plan is not None else 0,
-        plan=plan.reason if plan is not None else "",
+        dates_built=tuple(d.isoformat() for d in plan.dates) if plan else (), dates_unchanged=plan.unchanged if plan else 0,
+        files_read=len(log.inputFiles()) if plan else 0, plan=plan.reason if plan else "",
     )

@@ -205,11 +205,15 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
     describe_step(spark, "read the shape of the examples")
     examples_path = tables.path("examples")
     checkpoint_run = checkpoints.join(tables.path("checkpoints"), run_id)
-    version = resumed_version(checkpoint_run, config, run_id) if resume else table_version(spark, examples_path)
-    if not resume:
+    if resume:  # the examples version and the warm start the run began with
+        version, init_run = resumed_version(checkpoint_run, config, run_id)
+    else:
+        version, init_run = table_version(spark, examples_path), resolve_init_run(tables.path("models"), tc.init_from, run_id)
         checkpoints.remove(checkpoint_run)  # a rerun of an id starts over
-        checkpoints.write_plan(checkpoint_run, {"examples_version": version, "config_fingerprint": config.fingerprint()})
-    all_examples = windowed(read_table(spark, examples_path, version), tc.window_days)
+        plan = {"examples_version": version, "config_fingerprint": config.fingerprint(), "init_from": init_run}
+        checkpoints.write_plan(checkpoint_run, plan)
+    pinned = read_table(spark, examples_path, version)
+    all_examples = windowed(pinned, tc.window_days)
     encoder = encoder_of_examples(all_examples)
     # Only the training split is trained on; the validation split stops training early, and the
     # test split is left to evaluate (examples built before splits existed are all training).
@@ -220,7 +224,7 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
     shape = describe_examples(examples)
     # Context ids are numbered over every split: a context seen only in validation or test
     # must still have a row in the bias tables.
-    last_context = all_examples.agg(F.max(schema.CONTEXT_ID)).first()[0]
+    last_context = pinned.agg(F.max(schema.CONTEXT_ID)).first()[0]  # the window may not show every context
     shape = dataclasses.replace(shape, num_contexts=max(int(last_context or 0), max(shape.contexts)) + 1)
     cap = shape.heavy_row_cap
     rows = training_rows(examples, cap)
@@ -245,11 +249,12 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
     warn_if_mixem_rows_mix_clicks(config, examples)
     cache_dir = tables.path("petastorm_cache")
     cache_url = cache_dir if "://" in cache_dir else "file://" + cache_dir
-    if runs_on_cluster(spark) and not is_shared_storage(cache_url):
-        print(
-            f"train: WARNING tables.petastorm_cache is {cache_url}, a local path, on a cluster: every training "
-            "process reads it, so it must be shared storage (dbfs:/, s3a://, abfss://, hdfs://) or a shared mount"
-        )
+    for key, where in (("petastorm_cache", cache_url), ("checkpoints", tables.path("checkpoints"))):
+        if runs_on_cluster(spark) and not is_shared_storage(where if "://" in where else "file://" + where):
+            print(
+                f"train: WARNING tables.{key} is {where}, a local path, on a cluster: every training process reads "
+                "it, so it must be shared storage (dbfs:/, s3a://, abfss://, hdfs://) or a shared mount"
+            )
     layout = petastorm_layout(table_bytes(spark, examples_path), tc.num_processes, config.examples.partitions, rows)
     staging = staging_run_dir(tables.path("models"), run_id)
     held_out = validation_arrays(validation, shape, tc.seed) if validation is not None else None
@@ -259,8 +264,7 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
         if held_out is not None else "train: no validation split (examples.split.validation_share): every epoch is trained"
     )
     specs = [model_spec(config, name, shape, encoder) for name in tc.models]
-    init_run = resolve_init_run(tables.path("models"), tc.init_from, run_id)
-    init_states = warm_start_states(tables.path("models"), init_run, specs, encoder) if init_run else {}
+    init_states = warm_start_states(tables.path("models"), init_run, specs, encoder, shape.contexts) if init_run else {}
     jobs = []
     for name, spec in zip(tc.models, specs):
         card = {

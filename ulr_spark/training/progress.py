@@ -46,6 +46,8 @@ class Progress:
         saved = load_torch(join(job.checkpoint_dir, f"rng-{rank}.pt"))
         if saved is not None and saved["step"] == state["global_step"]:
             torch.set_rng_state(saved["state"])
+            if saved.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(saved["cuda"])
         else:  # killed between the two writes: a seed of its own for the rest of the run
             torch.manual_seed(job.seed * 1_000_003 + rank + state["global_step"])
         if rank == 0:
@@ -77,7 +79,8 @@ class Progress:
                 "best_state": None if self.best_state is None else {k: v.detach().cpu() for k, v in self.best_state.items()},
                 "best_epoch": self.best_epoch, "since_best": self.since_best, "finished": self.finished,
             })
-        save_torch(join(job.checkpoint_dir, f"rng-{rank}.pt"), {"step": self.global_step, "state": torch.get_rng_state()})
+        cuda = torch.cuda.get_rng_state() if job.use_gpu and torch.cuda.is_available() else None  # GPU dropout's
+        save_torch(join(job.checkpoint_dir, f"rng-{rank}.pt"), {"step": self.global_step, "state": torch.get_rng_state(), "cuda": cuda})
 
 
 @torch.no_grad()

@@ -41,15 +41,16 @@ def resolve_init_run(models_root: str, init_from: Optional[str], run_id: str) ->
 
 
 def warm_start_states(
-    models_root: str, init_run: str, specs: list[ModelSpec], encoder: Optional[FeatureEncoder]
+    models_root: str, init_run: str, specs: list[ModelSpec], encoder: Optional[FeatureEncoder], contexts: dict[int, str]
 ) -> dict[str, bytes]:
     """The saved weights each spec starts from (by model name); a model the earlier run lacks is
     not in the result and trains from scratch (a note says so).
 
     Raises:
         FileNotFoundError: the run does not exist or did not finish.
-        ValueError: a model whose spec or feature transform differs from the earlier one's
-            (names the keys); rebuild nothing, train without train.init_from instead.
+        ValueError: a model whose spec, feature transform or context ids (``contexts``, id to
+            context key) differ from the earlier one's (names what differs); train without
+            train.init_from instead.
     """
     earlier = {a.spec.name: a for a in run_artifacts(models_root, init_run)}
     states: dict[str, bytes] = {}
@@ -74,12 +75,18 @@ def warm_start_states(
                 f"train: train.init_from={init_run}: the feature transform of the examples differs from the one model "
                 f"{spec.name!r} was trained with (a full rebuild of the examples refits it); train without train.init_from"
             )
+        moved = sorted(i for i, key in artifact.contexts.items() if i in contexts and contexts[i] != key)
+        if moved:
+            raise ValueError(
+                f"train: train.init_from={init_run}: context id(s) {moved} name other contexts than when model {spec.name!r} "
+                "was trained (the examples were rebuilt); train without train.init_from"
+            )
         states[spec.name] = weights_bytes(artifact)
     return states
 
 
-def resumed_version(checkpoint_run: str, config: Config, run_id: str) -> int:
-    """The examples version a run to resume started on.
+def resumed_version(checkpoint_run: str, config: Config, run_id: str) -> tuple[int, Optional[str]]:
+    """The examples version a run to resume started on, and the run it warm-started from.
 
     Raises:
         FileNotFoundError: the run has no checkpoints (it finished, or never started).
@@ -93,7 +100,7 @@ def resumed_version(checkpoint_run: str, config: Config, run_id: str) -> int:
         )
     if plan["config_fingerprint"] != config.fingerprint():
         raise ValueError(f"train --resume: the config differs from the one run {run_id} started with; resume it with that config")
-    return int(plan["examples_version"])
+    return int(plan["examples_version"]), plan.get("init_from")
 
 
 def windowed(examples: DataFrame, window_days: int) -> DataFrame:
