@@ -1,4 +1,5 @@
 import os
+import threading
 
 import pytest
 
@@ -34,3 +35,23 @@ def small_config(root, **sections):
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return config_from_dict(data)
+
+
+def run_at_once(action, run_ids):
+    """Run ``action(run_id)`` for every run id in its own thread, all started together; returns
+    the errors raised, as one line each (the caller asserts there are none)."""
+    start, errors = threading.Barrier(len(run_ids)), []
+
+    def run(run_id):
+        try:
+            start.wait()
+            action(run_id)
+        except Exception as error:  # collected: the caller's assertion names it
+            errors.append(f"{run_id}: {type(error).__name__}: {str(error)[:300]}")
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in run_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

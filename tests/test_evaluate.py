@@ -130,10 +130,9 @@ def test_distractor_leak_is_the_within_query_least_squares_ratio(spark):
 def test_two_evaluate_runs_at_once_both_land(spark, tmp_path):
     """Two evaluate runs write the metrics table at the same moment, the first write of all
     creating it: both commit, and each run's rows are there exactly once."""
-    import threading
-
     from pyspark.sql import functions as F
 
+    from tests.conftest import run_at_once
     from ulr_spark.evaluation import evaluate
     from ulr_spark.io.delta import commits_of_run, read_table
 
@@ -146,20 +145,7 @@ def test_two_evaluate_runs_at_once_both_land(spark, tmp_path):
         schema.SCORE, F.when(F.col(schema.ITEM_ID) == "a", 0.9).otherwise(F.col(schema.SCORE) / 10)
     ).localCheckpoint().write.format("delta").mode("append").save(scores_path)
 
-    start, errors = threading.Barrier(2), []
-
-    def run(run_id):
-        try:
-            start.wait()
-            evaluate(config, spark, run_id)
-        except Exception as error:  # collected: the assertion below names it
-            errors.append(f"{run_id}: {type(error).__name__}: {str(error)[:300]}")
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in ("r1", "r2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once(lambda run_id: evaluate(config, spark, run_id), ("r1", "r2"))
     assert not errors, errors
     path = config.tables.path("metrics")
     rows = read_table(spark, path).collect()

@@ -13,7 +13,7 @@ import torch
 import yaml
 from pyspark.sql import functions as F
 
-from tests.conftest import small_config
+from tests.conftest import run_at_once, small_config
 from ulr_spark import schema
 from ulr_spark.cli import main
 from ulr_spark.io.artifacts import (
@@ -155,19 +155,7 @@ def test_table_existence_is_asked_of_spark_not_of_pythons_os(spark, env, monkeyp
 
 def test_two_scoring_runs_at_once_both_land(spark, env):
     publish_untrained_run(env.tables.path("models"), "r2", seed=1)
-    errors = []
-
-    def run(run_id):
-        try:
-            score(env, spark, run_id)
-        except Exception as error:  # collected: the assertion below names it
-            errors.append(f"{type(error).__name__}: {str(error)[:300]}")
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in ("r1", "r2")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_at_once(lambda run_id: score(env, spark, run_id), ("r1", "r2"))
     assert not errors, errors
     scores = read_table(spark, env.tables.path("scores"))
     assert scores.where(F.col(schema.RUN_ID) == "r1").count() == scores.where(F.col(schema.RUN_ID) == "r2").count() == 40
