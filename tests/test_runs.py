@@ -6,7 +6,6 @@ Models here are untrained (scoring does not care); each test builds its own smal
 
 import json
 import os
-import threading
 
 import pytest
 import torch
