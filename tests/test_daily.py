@@ -19,7 +19,7 @@ from tests.conftest import ROOT, small_config
 from ulr_spark import schema
 from ulr_spark.examples.slates import build_examples
 from ulr_spark.io.artifacts import latest_run_id, run_artifacts
-from ulr_spark.io.delta import read_table, table_version
+from ulr_spark.io.delta import read_table, table_exists, table_version
 from ulr_spark.pipeline import run_stage
 from ulr_spark.training.driver import TrainingFailedError
 
@@ -60,15 +60,23 @@ def ndcg10(spark, config, run_id):
     return rows[0][schema.VALUE]
 
 
-def test_three_days_incremental_with_warm_start_match_a_full_rebuild(spark, daily):
+def test_three_days_incremental_with_warm_start_and_kills_on_day_two_match_a_full_rebuild(spark, daily, tmp_path):
+    """Day 1 full; day 2 incremental with every stage first killed (SIGKILL) during each of its
+    writes, then rerun; day 3 incremental; then a full rebuild of the three days to compare."""
     config, log, days = daily
     assert len(days) == 3
     where = config.tables.impressions
-    summaries = []
+    config_path = str(tmp_path / "daily.yaml")
+    with open(config_path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle)
+    summaries, landed = [], []
     for number, day in enumerate(days, start=1):
         # The operator's log grows by one date partition a day; earlier files are never rewritten.
         log.where(F.col(schema.EVENT_DATE) == day).write.format("delta").mode("append").partitionBy(schema.EVENT_DATE).save(where)
-        summary = build_examples(config, spark, f"day{number}")
+        run_id = f"day{number}"
+        if number == 2:
+            landed.append(kill_and_check(spark, config, config_path, "build-examples", run_id, "examples"))
+        summary = build_examples(config, spark, run_id)
         summaries.append(summary)
         files_today = set(read_table(spark, where).where(F.col(schema.EVENT_DATE) == day).inputFiles())
         if number == 1:
@@ -77,7 +85,17 @@ def test_three_days_incremental_with_warm_start_match_a_full_rebuild(spark, dail
             # Only the new date is read: its own files, none of the earlier partitions'.
             assert summary.dates_built == (day.isoformat(),) and summary.dates_unchanged == number - 1, summary
             assert summary.files_read == len(files_today), (summary.files_read, files_today)
-        run_stage(config, spark, "train", f"day{number}")
+        for stage, writes in (("train", ("models", "bias_curves")), ("score", ("scores", "scores_latest")), ("evaluate", ("metrics",))):
+            if number == 2:
+                landed += [kill_and_check(spark, config, config_path, stage, run_id, table) for table in writes]
+            if number > 1 or stage == "train":
+                run_stage(config, spark, stage, run_id)
+    # Every kill landed before its process finished, so each write was really interrupted.
+    assert landed == [True] * 6, landed
+    pairs = read_table(spark, config.tables.path("candidates")).count()
+    for run_id in ("day2", "day3"):
+        assert read_table(spark, config.tables.path("scores")).where(F.col(schema.RUN_ID) == run_id).count() == pairs
+    assert duplicated_keys(spark, config.tables.path("scores_latest"), [schema.MODEL, schema.QUERY_ID, schema.ITEM_ID]) == 0
     # A day with nothing new builds nothing and writes nothing.
     version = table_version(spark, config.tables.path("examples"))
     again = build_examples(config, spark, "day3-again")
@@ -89,8 +107,6 @@ def test_three_days_incremental_with_warm_start_match_a_full_rebuild(spark, dail
     # Warm starts: day 2 started from day 1's model, day 3 from day 2's.
     models = config.tables.path("models")
     assert [run_artifacts(models, f"day{n}")[0].card["init_from"] for n in (1, 2, 3)] == [None, "day1", "day2"]
-    for stage in ("score", "evaluate"):
-        run_stage(config, spark, stage, "day3")
 
     # The same three days rebuilt and trained from scratch.
     full = config.model_copy(update={
@@ -172,12 +188,12 @@ def new_files(folder, before):
     return found - before
 
 
-def kill_during_write(config_path, stage, run_id, folder, extra=()):
+def kill_during_write(config_path, stage, run_id, folder):
     """Run ``stage`` in its own process and SIGKILL it as soon as a data file appears under
     ``folder`` (before Delta commits it, or before the artifact's card is written). Returns
     whether the kill landed before the process finished."""
     before = new_files(folder, set()) if os.path.exists(folder) else set()
-    command = [sys.executable, "-m", "ulr_spark.cli", stage, "--config", config_path, "--run-id", run_id, *extra]
+    command = [sys.executable, "-m", "ulr_spark.cli", stage, "--config", config_path, "--run-id", run_id]
     process = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -195,47 +211,32 @@ def duplicated_keys(spark, path, key):
     return read_table(spark, path).groupBy(*key).count().where(F.col("count") > 1).count()
 
 
-def test_a_kill_during_any_write_leaves_every_table_readable_and_a_rerun_completes(spark, daily, tmp_path):
-    config, _, _ = daily
-    config = config.model_copy(update={"train": config.train.model_copy(update={"init_from": None, "epochs": 1})})
-    config_path = str(tmp_path / "config.yaml")
-    with open(config_path, "w") as handle:
-        yaml.safe_dump(config.to_dict(), handle)
-    tables = config.tables
-    examples_key = [schema.EVENT_DATE, schema.QUERY_ID, schema.CONTEXT_KEY, schema.SPLIT, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES]
-    run_key = [schema.RUN_ID, schema.MODEL, schema.QUERY_ID, schema.ITEM_ID]
-    # (stage, folder written, table key of a row, extra arguments)
-    writes = [
-        ("build-examples", tables.path("examples"), examples_key, ["--full"]),
-        ("train", tables.path("models"), None, []),
-        ("train", tables.path("bias_curves"), None, []),
-        ("score", tables.path("scores"), run_key, []),
-        ("score", tables.path("scores_latest"), [schema.MODEL, schema.QUERY_ID, schema.ITEM_ID], []),
-        ("evaluate", tables.path("metrics"), None, []),
-    ]
-    landed = []
-    for index, (stage, folder, key, extra) in enumerate(writes):
-        version = table_version(spark, folder) if stage != "train" or folder != tables.path("models") else None
-        latest = latest_run_id(tables.path("models"))
-        landed.append(kill_during_write(config_path, stage, "killed", folder, extra))
-        if folder == tables.path("models"):
-            assert latest_run_id(tables.path("models")) == latest  # the killed run is never "the latest"
-            with pytest.raises(FileNotFoundError):
-                run_artifacts(tables.path("models"), "killed")
-        else:
-            # Readable, at its previous version or complete at a new one, no duplicated rows.
-            assert read_table(spark, folder).count() >= 0
-            assert table_version(spark, folder) >= version
-            if key:
-                assert duplicated_keys(spark, folder, key) == 0, (stage, folder)
-        if index == len(writes) - 1 or writes[index + 1][0] != stage:
-            # After the last kill of a stage, a rerun completes (its output is the next stage's input).
-            run_stage(config, spark, stage, "killed", full=stage == "build-examples")
-            if key:
-                assert duplicated_keys(spark, folder, key) == 0, (stage, folder)
-    pairs = read_table(spark, tables.path("candidates")).count()
-    assert read_table(spark, tables.path("scores")).where(F.col(schema.RUN_ID) == "killed").count() == pairs
-    metrics = read_table(spark, tables.path("metrics")).where(F.col(schema.RUN_ID) == "killed")
-    assert metrics.count() == metrics.select(schema.MODEL, schema.METRIC, schema.SPLIT, schema.POSITION).distinct().count() > 0
-    print("kills that landed before the process finished:", landed)
-    assert sum(landed) >= 4, landed
+# The key no two rows of a table may share.
+KEYS = {
+    "examples": [schema.EVENT_DATE, schema.QUERY_ID, schema.CONTEXT_KEY, schema.SPLIT, schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES],
+    "bias_curves": [schema.RUN_ID, schema.MODEL, schema.CONTEXT_KEY, schema.POSITION],
+    "scores": [schema.RUN_ID, schema.MODEL, schema.QUERY_ID, schema.ITEM_ID],
+    "scores_latest": [schema.MODEL, schema.QUERY_ID, schema.ITEM_ID],
+    "metrics": [schema.RUN_ID, schema.MODEL, schema.METRIC, schema.SPLIT, schema.POSITION],
+}
+
+
+def kill_and_check(spark, config, config_path, stage, run_id, table):
+    """Kill ``stage`` during its write of ``table`` (``models``: the artifact), then check what it
+    left: a table readable at its previous version or complete at a new one, without duplicated
+    rows (or absent, when the kill hit its first write); a killed training never published."""
+    folder = config.tables.path(table)
+    models = config.tables.path("models")
+    existed = table != "models" and table_exists(spark, folder)
+    version = table_version(spark, folder) if existed else None
+    latest = latest_run_id(models)
+    landed = kill_during_write(config_path, stage, run_id, folder)
+    assert latest_run_id(models) == latest, "a killed run must never become the latest"
+    if stage == "train":
+        with pytest.raises(FileNotFoundError):
+            run_artifacts(models, run_id)
+    if table != "models" and table_exists(spark, folder):
+        assert read_table(spark, folder).count() >= 0
+        assert version is None or table_version(spark, folder) >= version
+        assert duplicated_keys(spark, folder, KEYS[table]) == 0, (stage, table)
+    return landed

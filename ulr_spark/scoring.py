@@ -226,6 +226,11 @@ def score(
             key = [schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES_DIGEST]
             unique = unique.join(unchanged_pairs(spark, latest_path, pairs_source, models), key, "left_anti").persist()
             unchanged = counts["pairs"] - unique.count()
+            if unchanged == counts["pairs"]:  # nothing new or changed: nothing to write
+                return ScoreSummary(
+                    rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=0,
+                    models=len(models), pairs_source=pairs_source, pairs_unchanged=unchanged,
+                )
         scores = score_pairs(unique, spark, artifacts, config.score.batch_size, digest=True).select(
             schema.QUERY_ID,
             schema.ITEM_ID,
