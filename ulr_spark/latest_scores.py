@@ -52,6 +52,17 @@ def unchanged_pairs(spark: SparkSession, latest_path: str, pairs_source: str, mo
     )
 
 
+def create_with_change_feed(df: DataFrame, path: str, provenance: Provenance) -> bool:
+    """Create the table at ``path`` from ``df`` with its change feed on, unless it exists (then
+    False: the caller's MERGE follows). A concurrent creator makes this fail and
+    :func:`with_retries` repeat it, and the repeat finds the table."""
+    if table_exists(df.sparkSession, path):
+        return False
+    writer = with_column_comments(df).write.format("delta").option("userMetadata", provenance.user_metadata)
+    create_table(writer.option(CHANGE_FEED, "true"), path)
+    return True
+
+
 def upsert_run_scores(scores: DataFrame, path: str, provenance: Provenance) -> None:
     """Insert or replace the given (run, source, model, query, item) rows of ``scores`` in one
     MERGE (retried on conflicts), leaving the run's other rows as they are: a rerun after a kill
@@ -62,9 +73,7 @@ def upsert_run_scores(scores: DataFrame, path: str, provenance: Provenance) -> N
     key = (schema.RUN_ID, schema.PAIRS_SOURCE, schema.MODEL, schema.QUERY_ID, schema.ITEM_ID)
 
     def write() -> None:
-        if not table_exists(spark, path):
-            writer = with_column_comments(scores).write.format("delta").option("userMetadata", provenance.user_metadata)
-            create_table(writer.option(CHANGE_FEED, "true"), path)
+        if create_with_change_feed(scores, path, provenance):
             return
         on = " AND ".join(f"old.{c} = new.{c}" for c in key)
         DeltaTable.forPath(spark, path).alias("old").merge(scores.alias("new"), on).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
@@ -93,16 +102,7 @@ def update_latest_scores(
 
     spark = run_scores.sparkSession
 
-    def create() -> bool:
-        """Create the table from this run's scores, unless it exists (then the MERGE follows).
-        A concurrent creator makes this fail and retry, and the retry finds the table."""
-        if table_exists(spark, path):
-            return False
-        writer = with_column_comments(run_scores).write.format("delta").option("userMetadata", provenance.user_metadata)
-        create_table(writer.option(CHANGE_FEED, "true"), path)
-        return True
-
-    if with_retries(create, path):
+    if with_retries(lambda: create_with_change_feed(run_scores, path, provenance), path):
         set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)
         return
     on = " AND ".join(f"latest.{c} = run.{c}" for c in LATEST_KEY)

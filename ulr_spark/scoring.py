@@ -219,18 +219,22 @@ def score(
     latest_path = config.tables.path("scores_latest")
     unchanged = 0
     unique = grouped
+    models = [a.spec.name for a in artifacts]
+
+    def summary() -> ScoreSummary:
+        return ScoreSummary(
+            rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=counts["pairs"] - unchanged,
+            models=len(models), pairs_source=str(pairs_source), pairs_unchanged=unchanged,
+        )
+
     try:
-        models = [a.spec.name for a in artifacts]
         unique = grouped.select(schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES, features_digest().alias(schema.FEATURES_DIGEST))
         if only_changed:
             key = [schema.QUERY_ID, schema.ITEM_ID, schema.FEATURES_DIGEST]
             unique = unique.join(unchanged_pairs(spark, latest_path, pairs_source, models), key, "left_anti").persist()
             unchanged = counts["pairs"] - unique.count()
             if unchanged == counts["pairs"]:  # nothing new or changed: nothing to write
-                return ScoreSummary(
-                    rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=0,
-                    models=len(models), pairs_source=pairs_source, pairs_unchanged=unchanged,
-                )
+                return summary()
         scores = score_pairs(unique, spark, artifacts, config.score.batch_size, digest=True).select(
             schema.QUERY_ID,
             schema.ITEM_ID,
@@ -257,10 +261,7 @@ def score(
     update_latest_scores(
         run_scores, latest_path, provenance, pairs_source, models, config.score.change_tolerance, delete_missing=not only_changed
     )
-    return ScoreSummary(
-        rows_read=counts["rows"], duplicate_rows=counts["rows"] - counts["pairs"], pairs_scored=counts["pairs"] - unchanged,
-        models=len(models), pairs_source=pairs_source, pairs_unchanged=unchanged,
-    )
+    return summary()
 
 
 def run_encoder(artifacts) -> Optional[FeatureEncoder]:

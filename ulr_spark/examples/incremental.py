@@ -106,7 +106,8 @@ def plan_dates(config: Config, spark: SparkSession, log: DataFrame, full: bool) 
 
     A full build happens on the first run, when asked (``full``), or when the examples table was
     not built incrementally (no date column)."""
-    current = source_fingerprints(log, config.columns.event_date, settings_digest(config))
+    settings = settings_digest(config)
+    current = source_fingerprints(log, config.columns.event_date, settings)
     path = config.tables.path("examples")
     every = tuple(sorted(current))
     if full:
@@ -117,7 +118,6 @@ def plan_dates(config: Config, spark: SparkSession, log: DataFrame, full: bool) 
     if schema.SOURCE_FINGERPRINT not in examples.columns:
         return DatePlan(True, every, current, 0, "the examples table was not built incrementally")
     built = built_fingerprints(examples)
-    settings = settings_digest(config)
     if any(not str(digest).startswith(settings + ":") for digest in built.values()):
         # Another transform, layout or slate size: every date must be re-encoded alike.
         return DatePlan(True, every, current, 0, "the settings that shape examples changed since they were built")

@@ -222,7 +222,8 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
     if config.examples.incremental:
         if cols.event_date not in log.columns:
             rule = "required by examples.incremental (examples are built and replaced by date): column is missing"
-            raise InvalidLogError([Violation(cols.event_date, rule, log.count())], log.count())
+            rows = log.count()
+            raise InvalidLogError([Violation(cols.event_date, rule, rows)], rows)
         plan = plan_dates(config, spark, log, full)
         print(f"build-examples: incremental: {plan.reason}" + (": nothing to build" if not plan.dates else ""))
         if not plan.dates:
