@@ -1,7 +1,8 @@
 """Side-by-side throughput measurements, each against a plain-PyTorch reference in one run.
 
-- Training: the same model, batch size and step (``ulr_spark.training.worker.train_step``) fed by
-  Petastorm from the examples table, then from tensors already in memory.
+- Training: the same model, batch size and step (``ulr_spark.training.worker.train_step``) fed
+  by each of the trainer's inputs (``train.input``: Petastorm's stream, and the shard read once
+  into tensors) and by tensors already in memory built here (the reference).
 - Scoring: ``ulr_spark.scoring.score_pairs`` in Spark (read Delta, Arrow to the Python workers,
   write Delta) against the same relevance tower over the same Parquet files read with pyarrow
   and written with pyarrow, in one process using every core.
@@ -19,13 +20,14 @@ import torch
 
 from ulr_spark import schema
 from ulr_spark.config import Config
+from ulr_spark.inference import broadcast_models, models_from_broadcast
 from ulr_spark.io.artifacts import load_model
-from ulr_spark.io.delta import read_table
+from ulr_spark.io.delta import read_table, with_stats_columns
 from ulr_spark.io.sizing import petastorm_layout, table_bytes
 from ulr_spark.models.registry import TrainingObjective, build_model
-from ulr_spark.scoring import SCORE_ARROW_SCHEMA, feature_matrix, score_pairs
+from ulr_spark.scoring import SCORE_ARROW_SCHEMA, SCORE_SCHEMA, feature_matrix, score_pairs
 from ulr_spark.training.driver import describe_examples, model_spec, training_rows
-from ulr_spark.training.loaders import SlateBatch, make_converter, shard_batches
+from ulr_spark.training.loaders import SlateBatch, input_mode, make_converter, memory_batches, shard_batches
 from ulr_spark.training.worker import train_step
 
 
@@ -82,29 +84,45 @@ def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: 
     # The trainer's constant (ulr_spark.training.driver.train): slot impressions per batch.
     normaliser = tc.batch_size * shape.slot_impressions / training_rows(examples, shape.heavy_row_cap)
     in_memory = _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed)
-    petastorm_rates, memory_rates = [], []
+    rows = training_rows(examples, shape.heavy_row_cap)
+    chosen, why = input_mode(tc.input, rows, 1, shape.max_slate_size, shape.num_features, tc.memory_limit_mb)
+    cpu = torch.device("cpu")
+    petastorm_rates, loaded_rates, memory_rates, load_seconds = [], [], [], []
     try:
         for _ in range(rounds):
             torch.manual_seed(tc.seed)
-            with shard_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, torch.device("cpu"), tc.seed) as b:
+            with shard_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, cpu, tc.seed) as b:
                 petastorm_rates.append(_timed_steps(build_model(spec), b, steps, warmup, normaliser))
+            torch.manual_seed(tc.seed)
+            started = time.perf_counter()
+            with memory_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, cpu, tc.seed) as b:
+                load_seconds.append(time.perf_counter() - started)
+                loaded_rates.append(_timed_steps(build_model(spec), b, steps, warmup, normaliser))
             torch.manual_seed(tc.seed)
             memory_rates.append(_timed_steps(build_model(spec), in_memory, steps, warmup, normaliser))
     finally:
         converter.delete()
         shutil.rmtree(cache, ignore_errors=True)
     ratios = [p / m for p, m in zip(petastorm_rates, memory_rates)]
+    loaded_ratios = [p / m for p, m in zip(loaded_rates, memory_rates)]
     return {
         "model": spec.name,
         "batch_size": tc.batch_size,
         "steps": steps,
         "rounds": rounds,
         "examples_rows": shape.rows,
+        "training_rows": rows,
         "torch_threads": threads,
+        "input_chosen": "memory" if chosen else "stream",
+        "input_reason": why,
         "petastorm_slates_per_s": float(np.median(petastorm_rates)),
+        "memory_input_slates_per_s": float(np.median(loaded_rates)),
+        "memory_input_load_seconds": float(np.median(load_seconds)),
         "in_memory_slates_per_s": float(np.median(memory_rates)),
         "ratios": ratios,
         "ratio": float(np.median(ratios)),
+        "memory_input_ratios": loaded_ratios,
+        "memory_input_ratio": float(np.median(loaded_ratios)),
     }
 
 
@@ -133,10 +151,35 @@ def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
             _alias(cols.query_id, schema.QUERY_ID), _alias(cols.item_id, schema.ITEM_ID), _alias(cols.features, schema.FEATURES)
         )
         scored = score_pairs(pairs, spark, [artifact], batch_size).write
-        if write:
-            scored.format("delta").mode("overwrite").save(os.path.join(output_root, "scores_spark"))
+        if write:  # the scores table's settings (its statistics columns)
+            with_stats_columns(scored.format("delta"), "scores").mode("overwrite").save(os.path.join(output_root, "scores_spark"))
         else:
             scored.format("noop").mode("overwrite").save()
+        return time.perf_counter() - started
+
+    def python_reads_files() -> float:
+        """Profile, not a product path: the Python workers read the log's files themselves (one
+        task per file), so no row crosses from the JVM to Python; nothing is written."""
+        started = time.perf_counter()
+        files = parquet_files(spark, log_path)
+        broadcast = broadcast_models(spark, [artifact])
+        names = [cols.query_id, cols.item_id, cols.features]
+
+        def apply(batches):
+            model = models_from_broadcast(broadcast)[0]
+            for paths in batches:
+                for path in paths.column(0).to_pylist():
+                    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=names):
+                        with torch.no_grad():
+                            scores = model.relevance(feature_matrix(batch.column(cols.features), artifact.spec.num_features))
+                        yield pa.RecordBatch.from_arrays(
+                            [batch.column(cols.query_id).cast(pa.string()), batch.column(cols.item_id).cast(pa.string()),
+                             pa.array([artifact.spec.name] * batch.num_rows, pa.string()), pa.array(scores.double().numpy())],
+                            schema=SCORE_ARROW_SCHEMA,
+                        )
+
+        paths = spark.createDataFrame([(f,) for f in files], "path string").repartition(len(files))
+        paths.mapInArrow(apply, SCORE_SCHEMA).write.format("noop").mode("overwrite").save()
         return time.perf_counter() - started
 
     threads = os.cpu_count() or 1
@@ -167,6 +210,7 @@ def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
     # Written output first (the stage as it runs), then scoring alone, to see what the write costs.
     spark_seconds, torch_seconds = spark_scoring(True), torch_scoring(True)
     spark_nowrite, torch_nowrite = spark_scoring(False), torch_scoring(False)
+    files_nowrite = python_reads_files()
     shutil.rmtree(os.path.join(output_root, "scores_spark"), ignore_errors=True)
     os.remove(os.path.join(output_root, "scores_torch.parquet"))
     return {
@@ -180,6 +224,8 @@ def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
         "spark_seconds_without_write": spark_nowrite,
         "torch_seconds_without_write": torch_nowrite,
         "ratio_without_write": torch_nowrite / spark_nowrite,
+        "batch_size": batch_size,
+        "python_reads_files_seconds_without_write": files_nowrite,
     }
 
 

@@ -47,7 +47,7 @@ def test_size_labels_and_targets():
         return {
             "impressions": impressions, "cores": 2, "memory": memory,
             "seconds": {"simulate": seconds, "build_examples": seconds, "train": seconds, "score": seconds},
-            "duckdb": {"seconds": seconds / 2}, "examples": {"compression": compression},
+            "duckdb": {"seconds": seconds / 1.4}, "examples": {"compression": compression},
         }
 
     flat = {t: ok for t, _, ok in targets([result(10**7, 10.0, 12.0), result(10**8, 100.0, 15.0)])}

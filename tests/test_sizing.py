@@ -1,8 +1,10 @@
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from ulr_spark.io.sizing import (
     MAX_ROW_GROUP_BYTES,
@@ -89,7 +91,7 @@ def test_petastorm_shards_of_the_training_processes_hold_equal_rows(spark, tmp_p
     from pyspark.sql import functions as F
 
     from ulr_spark import schema
-    from ulr_spark.training.loaders import make_converter, quiet_petastorm_warnings
+    from ulr_spark.training.loaders import make_converter, quiet_petastorm_warnings, read_shard, shard_files
 
     quiet_petastorm_warnings()
     k, d, rows, world = 4, 8, 20_000, 2
@@ -108,7 +110,46 @@ def test_petastorm_shards_of_the_training_processes_hold_equal_rows(spark, tmp_p
             with converter.make_torch_dataloader(batch_size=1000, num_epochs=1, cur_shard=rank, shard_count=world,
                                                  workers_count=1) as loader:
                 counts.append(sum(len(batch[schema.IMPRESSIONS]) for batch in loader))
+        # train.input=memory: each rank reads its files once into tensors.
+        shards = [read_shard(shard_files(converter.file_urls, rank, world), k, torch.device("cpu")) for rank in range(world)]
+        expected = examples.select(schema.CONTEXT_ID, schema.FEATURES).toPandas().set_index(schema.CONTEXT_ID)
     finally:
         converter.delete()
     assert sum(counts) == rows
     assert max(counts) - min(counts) <= 0.05 * rows / world, counts
+    ids = [shard["context_ids"].tolist() for shard in shards]
+    assert sorted(ids[0] + ids[1]) == list(range(rows)), "the in-memory shards are disjoint and hold every row"
+    assert abs(len(ids[0]) - len(ids[1])) <= 0.05 * rows / world
+    for shard in shards:
+        assert shard["features"].shape == (len(shard["context_ids"]), k, d)
+        assert shard["positions"].dtype == torch.int64 and shard["positions"][:, 0].eq(1).all()
+        first = shard["context_ids"][:50].tolist()
+        np.testing.assert_allclose(
+            shard["features"][:50].reshape(50, -1).numpy(), np.stack(expected.loc[first, schema.FEATURES].to_numpy()), rtol=1e-6
+        )
+
+
+def test_in_memory_batches_are_full_and_see_every_row_once_per_pass():
+    from ulr_spark.training.loaders import shuffled_batches
+
+    rows, k = 10, 3
+    tensors = {
+        "features": torch.arange(rows * k * 2, dtype=torch.float32).view(rows, k, 2),
+        "positions": torch.ones(rows, k, dtype=torch.int64), "context_ids": torch.arange(rows),
+        "clicks": torch.zeros(rows, k), "impressions": torch.ones(rows),
+    }
+    stream = shuffled_batches(tensors, 4, seed=3)
+    seen = torch.cat([next(stream).context_ids for _ in range(5)]).tolist()  # 20 rows: two passes
+    assert sorted(seen[:10]) == sorted(seen[10:]) == list(range(rows)) and seen[:10] != seen[10:]
+    batch = next(stream)
+    assert batch.features.shape == (4, k, 2) and torch.equal(batch.features[:, 0, 0], batch.context_ids.float() * 2 * k)
+
+
+def test_input_mode_reads_into_memory_only_what_fits():
+    from ulr_spark.training.loaders import input_mode, shard_tensor_bytes
+
+    assert shard_tensor_bytes(1000, 10, 5) == 1000 * (200 + 80 + 40 + 12)
+    assert input_mode("auto", 2_000_000, 2, 10, 5, 1024)[0]  # 316 MiB per process
+    fits, why = input_mode("auto", 2_000_000, 2, 10, 5, 100)
+    assert not fits and "over train.memory_limit_mb=100" in why
+    assert input_mode("stream", 10, 1, 10, 5, 1024)[0] is False and input_mode("memory", 10**9, 1, 10, 5, 1)[0] is True

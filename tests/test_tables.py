@@ -1,6 +1,9 @@
 """Downstream consumers: the scores' change feed between two runs, the latest-scores table, and
 the properties that say which run wrote a table."""
 
+import json
+import os
+
 import pytest
 from pyspark.sql import functions as F
 
@@ -101,5 +104,11 @@ def test_tables_say_which_run_and_config_wrote_them(spark, two_runs):
     assert scores["ulr_spark.config_hash"] == second.fingerprint() != first.fingerprint()
     assert scores["delta.enableChangeDataFeed"] == "true"
     assert table_properties(spark, second.tables.path("scores_latest"))["delta.enableChangeDataFeed"] == "true"
+    # Statistics of the filter columns only, from the first file written (docs/scaling.md, "score").
+    for table in ("scores", "scores_latest"):
+        assert table_properties(spark, second.tables.path(table))["delta.dataSkippingStatsColumns"] == "run_id,pairs_source,model"
+        with open(os.path.join(second.tables.path(table), "_delta_log", "00000000000000000000.json")) as log:
+            stats = [json.loads(json.loads(line)["add"]["stats"]) for line in log if '"add"' in line]
+        assert stats and all(set(s["minValues"]) == {schema.RUN_ID, schema.PAIRS_SOURCE, schema.MODEL} for s in stats), table
     examples = table_properties(spark, first.tables.path("examples"))
     assert (examples["ulr_spark.run_id"], examples["ulr_spark.stage"]) == ("run-a", "build-examples")

@@ -26,6 +26,7 @@ from ulr_spark.io.delta import (
     tag_sql_commits,
     with_column_comments,
     with_retries,
+    with_stats_columns,
 )
 
 
@@ -52,14 +53,14 @@ def unchanged_pairs(spark: SparkSession, latest_path: str, pairs_source: str, mo
     )
 
 
-def create_with_change_feed(df: DataFrame, path: str, provenance: Provenance) -> bool:
+def create_with_change_feed(df: DataFrame, path: str, table: str, provenance: Provenance) -> bool:
     """Create the table at ``path`` from ``df`` with its change feed on, unless it exists (then
     False: the caller's MERGE follows). A concurrent creator makes this fail and
     :func:`with_retries` repeat it, and the repeat finds the table."""
     if table_exists(df.sparkSession, path):
         return False
     writer = with_column_comments(df).write.format("delta").option("userMetadata", provenance.user_metadata)
-    create_table(writer.option(CHANGE_FEED, "true"), path)
+    create_table(with_stats_columns(writer.option(CHANGE_FEED, "true"), table), path)
     return True
 
 
@@ -73,7 +74,7 @@ def upsert_run_scores(scores: DataFrame, path: str, provenance: Provenance) -> N
     key = (schema.RUN_ID, schema.PAIRS_SOURCE, schema.MODEL, schema.QUERY_ID, schema.ITEM_ID)
 
     def write() -> None:
-        if create_with_change_feed(scores, path, provenance):
+        if create_with_change_feed(scores, path, "scores", provenance):
             return
         on = " AND ".join(f"old.{c} = new.{c}" for c in key)
         DeltaTable.forPath(spark, path).alias("old").merge(scores.alias("new"), on).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
@@ -102,7 +103,7 @@ def update_latest_scores(
 
     spark = run_scores.sparkSession
 
-    if with_retries(lambda: create_with_change_feed(run_scores, path, provenance), path):
+    if with_retries(lambda: create_with_change_feed(run_scores, path, schema.SCORES_LATEST, provenance), path):
         set_table_properties(spark, path, schema.SCORES_LATEST, provenance, change_feed=True)
         return
     on = " AND ".join(f"latest.{c} = run.{c}" for c in LATEST_KEY)

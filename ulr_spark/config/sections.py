@@ -274,6 +274,12 @@ class TrainConfig(Section):
     # A checkpoint (weights, optimiser and schedule state, step, random state) is written at the
     # end of every epoch and, when > 0, every this many steps; train --resume continues from it.
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0
+    # How each process reads its shard: "memory" reads it once into tensors (on the training
+    # device) and shuffles those; "stream" streams it through Petastorm, which holds only a
+    # shuffle buffer; "auto" reads into memory when the shard's tensors fit in
+    # memory_limit_mb. Petastorm-fed steps ran at 78% of in-memory ones (docs/scaling.md).
+    input: Literal["auto", "memory", "stream"] = "auto"
+    memory_limit_mb: PositiveInt = 2048
 
     @model_validator(mode="after")
     def _models_are_known(self) -> TrainConfig:
@@ -311,7 +317,9 @@ class ScoreConfig(Section):
     # Table of (query_id, item_id, features) to score; "candidates" (written by simulate) or
     # "impressions" (the distinct pairs of the log).
     source: Literal["candidates", "impressions"] = "candidates"
-    batch_size: PositiveInt = 4096
+    # Rows per Arrow batch sent to the Python workers: fewer, larger batches cost less per row
+    # between the JVM and Python (measured in bench/throughput.py).
+    batch_size: PositiveInt = 32768
     # scores_latest replaces a pair's score only when it moved by more than this, relative to
     # max(1, |score|): a recomputation that differs in the last bits is not a change.
     change_tolerance: Annotated[float, Field(ge=0)] = 1e-6

@@ -27,6 +27,14 @@ from ulr_spark import schema
 
 PROPERTY_PREFIX = "ulr_spark."
 CHANGE_FEED = "delta.enableChangeDataFeed"
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+# Delta computes min/max statistics of the first 32 columns of every row it writes. The score
+# tables are filtered only by run, pairs source and model (replaceWhere, evaluate, the latest
+# merge), and their ids are random strings whose file ranges skip nothing, so they keep
+# statistics of those columns alone: the per-row cost of a scores write drops (docs/scaling.md).
+STATS_COLUMNS = {
+    table: ",".join((schema.RUN_ID, schema.PAIRS_SOURCE, schema.MODEL)) for table in ("scores", schema.SCORES_LATEST)
+}
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 AUTO_MERGE_SCHEMA = "spark.databricks.delta.schema.autoMerge.enabled"
 # Columns Delta adds to a change feed.
@@ -200,10 +208,15 @@ def replace_rows(
         else:
             if change_feed:
                 writer = writer.option(CHANGE_FEED, "true")
-            create_table(writer, path)
+            create_table(with_stats_columns(writer, table), path)
 
     with_retries(write, path)
     set_table_properties(spark, path, table, provenance, change_feed)
+
+
+def with_stats_columns(writer, table: str):
+    """``writer`` creating ``table`` with its statistics columns (STATS_COLUMNS), if it has any."""
+    return writer.option(STATS_COLUMNS_PROPERTY, STATS_COLUMNS[table]) if table in STATS_COLUMNS else writer
 
 
 def create_table(writer, path: str) -> None:
@@ -231,6 +244,8 @@ def set_table_properties(
     properties = {**provenance.properties(), "comment": schema.TABLE_COMMENTS.get(table, "")}
     if change_feed:
         properties[CHANGE_FEED] = "true"
+    if table in STATS_COLUMNS:  # tables created before the setting get it too (new files only)
+        properties[STATS_COLUMNS_PROPERTY] = STATS_COLUMNS[table]
     assignments = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in properties.items() if v)
     with tag_sql_commits(spark, provenance.user_metadata):
         with_retries(lambda: spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({assignments})"), path)

@@ -31,7 +31,7 @@ from ulr_spark.io.storage import remove_tree
 from ulr_spark.models.registry import MODEL_CLASSES
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.training import checkpoints
-from ulr_spark.training.loaders import make_converter
+from ulr_spark.training.loaders import input_mode, make_converter
 from ulr_spark.training.samples import learned_bias_curves, sample_pages, validation_arrays, warn_if_mixem_rows_mix_clicks
 from ulr_spark.training.warm_start import resolve_init_run, resumed_version, warm_start_states, windowed
 from ulr_spark.training.worker import TrainJob, train_worker
@@ -240,11 +240,12 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
     # The loss of a step is divided by one constant, the slot impressions a batch of uniformly
     # drawn rows holds on average, so every impression weighs the same whatever batch it lands in.
     normaliser = tc.batch_size * shape.slot_impressions / rows
+    in_memory, why = input_mode(tc.input, rows, tc.num_processes, shape.max_slate_size, shape.num_features, tc.memory_limit_mb)
     print(
         f"train: examples version {version}: {shape.rows} distinct slates shown in {shape.impressions} requests "
         f"({rows} training rows of at most {cap} requests each), {shape.num_features} features, {shape.max_slate_size} "
         f"slots, {len(shape.contexts)} context(s); {tc.num_processes} process(es) x {steps} steps of {tc.batch_size} rows "
-        f"x {tc.epochs} epochs (an epoch: as many rows as there are requests)"
+        f"x {tc.epochs} epochs (an epoch: as many rows as there are requests); input: {why}"
     )
     warn_if_mixem_rows_mix_clicks(config, examples)
     cache_dir = tables.path("petastorm_cache")
@@ -282,6 +283,7 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
             "training_rows": rows,
             "impressions_per_epoch": shape.impressions,
             "heavy_row_cap": cap,
+            "input": "memory" if in_memory else "stream",
             "loss_normaliser": normaliser,
             "init_from": init_run if name in init_states else None,
             "torch_version": torch.__version__,
@@ -310,6 +312,7 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
                 checkpoint_every_steps=tc.checkpoint_every_steps,
                 resume=resume,
                 init_state=init_states.get(name),
+                in_memory=in_memory,
             )
         )
     curves = []

@@ -2,14 +2,19 @@
 
 The driver materialises the training columns once into Petastorm's Parquet cache; every
 process of the distributed job then reads its own shard, chosen by the *global* rank
-(``torch.distributed.get_rank()``), so shards stay disjoint across nodes.
+(``torch.distributed.get_rank()``), so shards stay disjoint across nodes. A process either
+streams its shard through Petastorm (:func:`shard_batches`, memory: a shuffle buffer) or,
+when the shard fits in memory (``train.input``, :func:`input_mode`), reads it once with pyarrow
+into tensors on its device and draws shuffled batches from those (:func:`memory_batches`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,3 +197,102 @@ def shard_batches(
             yield batches
         finally:
             batches.close()
+
+
+def shard_tensor_bytes(rows: int, max_slate_size: int, num_features: int) -> int:
+    """Bytes one process's shard of ``rows`` training rows takes as the tensors
+    :func:`memory_batches` holds: float32 features [rows, K, D], int64 positions and float32
+    clicks [rows, K], an int64 context id and a float32 impression count per row."""
+    k = max_slate_size
+    return rows * (4 * k * num_features + 8 * k + 4 * k + 8 + 4)
+
+
+def shard_files(file_urls: list[str], rank: int, world_size: int) -> list[str]:
+    """This rank's files of Petastorm's cache: every ``world_size``-th file from ``rank``.
+    make_converter writes a multiple of the world size of files holding (nearly) equal
+    numbers of rows, so every rank gets the same share, disjoint from the others'."""
+    return list(file_urls)[rank::world_size]
+
+
+def read_shard(file_urls: list[str], max_slate_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The training columns of ``file_urls`` (Petastorm's cache files, any fsspec URL) read
+    with pyarrow into tensors on ``device``: the :class:`SlateBatch` fields of every row."""
+    import fsspec
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    k = max_slate_size
+    positions = [f"{schema.POSITION_OF_ENTRY_PREFIX}{i}" for i in range(k)]
+    clicks = [f"{schema.CLICKS_OF_ENTRY_PREFIX}{i}" for i in range(k)]
+    tables = []
+    for url in file_urls:
+        with fsspec.open(url, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or table.num_rows == 0:
+        raise ValueError("train: this process's shard of the examples is empty")
+    rows = table.num_rows
+    values = table.column(schema.FEATURES).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+
+    def stacked(names: list[str], dtype) -> np.ndarray:
+        return np.stack([table.column(n).to_numpy().astype(dtype, copy=False) for n in names], axis=1)
+
+    return {
+        "features": torch.from_numpy(values.astype(np.float32, copy=False).reshape(rows, k, -1)).to(device),
+        "positions": torch.from_numpy(stacked(positions, np.int64)).to(device),
+        "context_ids": torch.from_numpy(table.column(schema.CONTEXT_ID).to_numpy().astype(np.int64)).to(device),
+        "clicks": torch.from_numpy(stacked(clicks, np.float32)).to(device),
+        "impressions": torch.from_numpy(table.column(schema.IMPRESSIONS).to_numpy().astype(np.float32)).to(device),
+    }
+
+
+def shuffled_batches(tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> Iterator[SlateBatch]:
+    """An endless stream of batches of ``batch_size`` rows drawn without replacement: the rows
+    in a new random order each pass, a batch that crosses the end of a pass taking the rest
+    from the next one, so every batch is full and every row is seen once per pass."""
+    rows = tensors["positions"].shape[0]
+    device = tensors["positions"].device
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(rows, generator=generator)
+    start = 0
+    while True:
+        parts, wanted = [], batch_size
+        while wanted:
+            if start == rows:
+                order, start = torch.randperm(rows, generator=generator), 0
+            take = min(wanted, rows - start)
+            parts.append(order[start:start + take])
+            start, wanted = start + take, wanted - take
+        index = (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device)
+        yield SlateBatch(**{name: tensor.index_select(0, index) for name, tensor in tensors.items()})
+
+
+@contextlib.contextmanager
+def memory_batches(
+    converter, batch_size: int, rank: int, world_size: int, max_slate_size: int, device: torch.device, seed: int
+) -> Iterator[Iterator[SlateBatch]]:
+    """Like :func:`shard_batches`, but the rank's shard is read once into tensors on ``device``
+    and shuffled there: no per-row decoding while training (train.input, docs/scaling.md)."""
+    started = time.perf_counter()
+    tensors = read_shard(shard_files(converter.file_urls, rank, world_size), max_slate_size, device)
+    if rank == 0:
+        megabytes = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+        print(
+            f"train: rank 0 read its shard into memory: {tensors['positions'].shape[0]} rows, {megabytes:,.1f} MiB on "
+            f"{device}, in {time.perf_counter() - started:.1f}s", flush=True,
+        )
+    yield shuffled_batches(tensors, batch_size, seed + 7919 * rank)
+
+
+def input_mode(setting: str, rows: int, world_size: int, max_slate_size: int, num_features: int, limit_mb: int) -> tuple[bool, str]:
+    """(read into memory?, the reason, for the log): ``train.input`` "memory" or "stream" as
+    set; "auto" reads into memory when a process's shard (``rows`` / ``world_size`` rows, the
+    largest) fits in ``limit_mb`` as tensors."""
+    shard = shard_tensor_bytes(math.ceil(rows / world_size), max_slate_size, num_features)
+    size = f"a process's shard is {shard / 2**20:,.1f} MiB as tensors"
+    if setting != "auto":
+        return setting == "memory", f"train.input={setting} ({size})"
+    if shard <= limit_mb * 2**20:
+        return True, f"{size}, within train.memory_limit_mb={limit_mb}: each process reads it once into memory"
+    return False, f"{size}, over train.memory_limit_mb={limit_mb}: each process streams it through Petastorm"

@@ -25,7 +25,7 @@ from ulr_spark.models.mixem import MixEMTwoTower
 from ulr_spark.models.registry import TrainingObjective, build_model
 from ulr_spark.models.spec import ModelSpec
 from ulr_spark.models.two_tower import DotProductTwoTower
-from ulr_spark.training.loaders import SlateBatch, quiet_petastorm_warnings, shard_batches
+from ulr_spark.training.loaders import SlateBatch, memory_batches, quiet_petastorm_warnings, shard_batches
 from ulr_spark.training.progress import Progress, warm_start
 
 
@@ -67,6 +67,8 @@ class TrainJob:
     resume: bool = False
     # Warm start: the saved state of the same-named model of an earlier run (train.init_from).
     init_state: Optional[bytes] = None
+    # train.input as the driver decided it: read the shard once into tensors, or stream it.
+    in_memory: bool = False
 
 
 def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -198,7 +200,8 @@ def _train_one(job: TrainJob, converter, rank: int, world: int, device: torch.de
     started = time.time()
     # A resumed stream starts a new shuffle at the checkpoint's step: the step count and every
     # state are restored, the order of the rows is not (docs/operations.md).
-    with shard_batches(converter, job.batch_size, rank, world, k, device, job.seed + run.global_step) as batches:
+    loader = memory_batches if job.in_memory else shard_batches
+    with loader(converter, job.batch_size, rank, world, k, device, job.seed + run.global_step) as batches:
         for epoch in range(run.epoch, job.epochs if not run.finished else 0):
             epoch_start = time.time()
             loss_total = torch.zeros((), dtype=torch.float64, device=device)
