@@ -102,7 +102,7 @@ def run(args) -> dict:
     gpus = gpu_count()
     cores = os.cpu_count() or 1
     cpu_processes = max(1, cores // 2)
-    base = [f"simulate.num_requests={args.impressions // 10}", f"tables.root={args.root}", f"train.epochs={args.epochs}"]
+    base = [f"simulate.num_requests={args.impressions // 10}", f"tables.root={args.root}", f"train.epochs={args.epochs}", "evaluate.queries=all"]
     overrides = base + (gpu_settings(args.root, gpus) if gpus else [])
     config = load_config(args.config, overrides)
     result: dict = {"gpus": gpus, "cores": cores, "impressions": args.impressions, "overrides": overrides, "runs": {}}

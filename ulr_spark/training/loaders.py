@@ -239,7 +239,7 @@ def read_shard(file_urls: list[str], max_slate_size: int, device: torch.device) 
         return np.stack([table.column(n).to_numpy().astype(dtype, copy=False) for n in names], axis=1)
 
     return {
-        "features": torch.from_numpy(values.astype(np.float32, copy=False).reshape(rows, k, -1)).to(device),
+        "features": torch.from_numpy(values.astype(np.float32).reshape(rows, k, -1)).to(device),
         "positions": torch.from_numpy(stacked(positions, np.int64)).to(device),
         "context_ids": torch.from_numpy(table.column(schema.CONTEXT_ID).to_numpy().astype(np.int64)).to(device),
         "clicks": torch.from_numpy(stacked(clicks, np.float32)).to(device),
