@@ -248,3 +248,65 @@ def render(results: list[dict], host: dict, commands: list[str], total_seconds: 
             ]
     lines += ["## Commands", "", "```"] + commands + ["```", ""]
     return "\n".join(lines)
+
+
+SCALING_BEGIN = "<!-- per-core figures: written by bench/run.py, do not edit -->"
+SCALING_END = "<!-- end of the per-core figures -->"
+
+
+def per_core_figures(results: list[dict], library: dict | None = None) -> str:
+    """The block of docs/scaling.md that bench/run.py rewrites: each stage's cost per core at
+    the largest size, the training and scoring rates per core, and the one-core comparison."""
+    results = sorted(results, key=lambda r: r["impressions"])
+    big = results[-1]
+    lines = [
+        SCALING_BEGIN,
+        f"From the latest `bench/run.py` run ([benchmarks.md](benchmarks.md)), at {label(big['impressions'])} impressions, "
+        f"the largest size, on {big['cores']} cores:",
+        "",
+        "| stage | core-us per impression | impressions per core-second |",
+        "|---|---|---|",
+    ]
+    for stage in STAGES[1:]:
+        cost = cost_per_impression(big, stage)
+        lines.append(f"| {stage} | {cost:.2f} | {1e6 / cost:,.0f} |")
+    for r in results:
+        t, sc = r.get("training_throughput"), r.get("score_throughput")
+        if t:
+            rate = t["memory_input_slates_per_s"] if t["input_chosen"] == "memory" else t["petastorm_slates_per_s"]
+            lines.append(
+                f"\nTraining ({label(r['impressions'])}): {rate:,.0f} slates per second per process of one torch thread "
+                f"(`{t['model']}`, batch {t['batch_size']}, input {t['input_chosen']})."
+            )
+        if sc:
+            lines.append(
+                f"Scoring ({label(r['impressions'])}): {sc['spark_rows_per_s'] / r['cores']:,.0f} rows per core-second in "
+                f"Spark, Delta write included ({sc['torch_rows_per_s'] / r['cores']:,.0f} in plain PyTorch)."
+            )
+    if library:
+        lines.append("\nOn one core, against a click-model library (benchmarks.md, \"Against a click-model library\"):\n")
+        lines.append(library_per_core(library))
+    lines.append(SCALING_END)
+    return "\n".join(lines)
+
+
+def library_per_core(library: dict) -> str:
+    """One line per contender of the one-core comparison (bench.click_library.figures)."""
+    from bench.click_library import figures
+
+    f = figures(library)
+    names = {
+        "library_own": "the library (clax-models), its own loader: sessions trained",
+        "library_memory": "the library, batches prepared in memory: sessions trained",
+        "ulr_train": "ulr-spark's train stage: sessions trained",
+        "ulr_whole": "ulr-spark's whole job (build-examples + train + score): log sessions",
+    }
+    return "\n".join(f"- {text}: {f[key]['rate']:,.0f} per core-second" for key, text in names.items())
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the generated block replaced, or appended when it has none yet."""
+    if SCALING_BEGIN in text and SCALING_END in text:
+        head, rest = text.split(SCALING_BEGIN, 1)
+        return head + block + rest.split(SCALING_END, 1)[1]
+    return text.rstrip("\n") + "\n\n## Per-core figures\n\n" + block + "\n"

@@ -55,3 +55,14 @@ def test_size_labels_and_targets():
     grown = {t: ok for t, _, ok in targets([result(10**7, 10.0, 12.0), result(10**8, 200.0, 5.0)])}
     assert not grown["train: cost per impression at 100M within 1.25x of 10M"]
     assert not any(ok for t, ok in grown.items() if t.startswith("Zipf"))
+
+
+def test_the_per_core_block_of_scaling_md_is_rewritten_in_place():
+    from bench.report import SCALING_BEGIN, SCALING_END, per_core_figures, replace_block
+
+    result = {"impressions": 10**7, "cores": 2, "seconds": {"simulate": 1.0, "build_examples": 20.0, "train": 10.0, "score": 5.0}}
+    block = per_core_figures([result])
+    assert "| build_examples | 4.00 | 250,000 |" in block, block  # 20 s x 2 cores / 10M impressions
+    first = replace_block("# Scaling\n\ntext\n", block)
+    again = replace_block(first.replace("250,000", "1"), block)
+    assert again == first and again.count(SCALING_BEGIN) == again.count(SCALING_END) == 1
