@@ -62,11 +62,13 @@ def pinned(command: list[str]) -> list[str]:
     return (["taskset", "-c", CORE] if shutil.which("taskset") else []) + command
 
 
-def run_pinned(command: list[str], log_path: str, commands: list[str]) -> float:
-    """Run ``command`` on one core, its output to ``log_path``; returns its wall seconds."""
+def run_pinned(command: list[str], log_path: str, commands: list[str], lock: str = "") -> float:
+    """Run ``command`` on one core (under ``flock lock`` when given: on a shared machine, no
+    other timed run at once), its output to ``log_path``; returns its wall seconds."""
     env = {**os.environ, **SINGLE_THREAD, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     full = pinned(command)
     commands.append(" ".join(shlex.quote(c) for c in full))
+    full = (["flock", lock] if lock else []) + full
     started = time.perf_counter()
     with open(log_path, "w") as log:
         done = subprocess.run(full, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -101,7 +103,7 @@ def run(args) -> dict:
             "--sessions", str(log.sessions), "--pairs", str(QUERIES * DOCS_PER_QUERY), "--positions", str(SHOWN),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--learning-rate", str(args.library_learning_rate),
             "--json", out,
-        ], os.path.join(args.root, f"clax_{mode}.log"), commands)
+        ], os.path.join(args.root, f"clax_{mode}.log"), commands, args.lock)
         with open(out) as handle:
             library[mode] = json.load(handle)
         library[mode]["curve_error"] = curve_error(library[mode]["examination"], truth)
@@ -112,7 +114,7 @@ def run(args) -> dict:
     run_pinned(
         [sys.executable, "-m", "bench.click_library_ulr", "--root", args.root, "--json", out, "--config", args.config]
         + [a for o in overrides for a in ("--set", o)],
-        os.path.join(args.root, "ulr.log"), commands,
+        os.path.join(args.root, "ulr.log"), commands, args.lock,
     )
     with open(out) as handle:
         result["ulr"] = json.load(handle)
@@ -186,8 +188,9 @@ def render_click_library(result: dict) -> str:
         f"{'yes' if closer else '**no**'} |",
         "",
         f"**The whole job**: {w['rate']:,.0f} log sessions per core-second ({w['seconds']:.1f} s for {n:,} sessions). "
-        f"JVM start {s['jvm_start']:.1f} s, build-examples {s['build_examples']:.1f} s, train {s['train']:.1f} s, score "
-        f"{s['score']:.1f} s. Within train, the training loop is {b['training_loop']:.1f} s; the rest is fixed work "
+        + ", ".join(f"{label} {s[key]:.1f} s ({s[key] / w['seconds']:.0%})" for label, key in (
+            ("JVM start", "jvm_start"), ("build-examples", "build_examples"), ("train", "train"), ("score", "score")))
+        + f". Within train, the training loop is {b['training_loop']:.1f} s; the rest is fixed work "
         "around it:",
         "",
         "| part of the train stage | seconds |",
@@ -220,6 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="conf/bench_click_library.yaml")
     parser.add_argument("--set", action="append", default=[], help="ulr-spark config override section.key=value")
     parser.add_argument("--library-venv", default=LIBRARY_VENV)
+    parser.add_argument("--lock", default="", help="run each timed process under `flock LOCK` (a machine shared with other runs)")
     args = parser.parse_args(argv)
     args.root = os.path.abspath(args.root)
     result = run(args)
