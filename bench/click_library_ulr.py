@@ -52,9 +52,6 @@ def instrument_train(breakdown: dict) -> None:
     }
     for attribute, name in parts.items():
         setattr(driver, attribute, timed(breakdown, name, getattr(driver, attribute)))
-    # One process on a machine whose other cores this process may not use (taskset): size the
-    # torch threads by the cores it may run on, not os.cpu_count() (see the report).
-    driver.cpu_threads_per_process = lambda spark, processes: max(1, len(os.sched_getaffinity(0)) // processes)
 
 
 def learned_curve(spark, config, model: str) -> list[float]:

@@ -153,3 +153,21 @@ def test_input_mode_reads_into_memory_only_what_fits():
     fits, why = input_mode("auto", 2_000_000, 2, 10, 5, 100)
     assert not fits and "over train.memory_limit_mb=100" in why
     assert input_mode("stream", 10, 1, 10, 5, 1024)[0] is False and input_mode("memory", 10**9, 1, 10, 5, 1)[0] is True
+
+
+def test_local_training_threads_follow_the_cores_this_process_may_use():
+    """Under taskset (or a cgroup's cpuset) os.cpu_count() still says every core of the machine:
+    one process pinned to one core once got 2 torch threads on it (bench.click_library)."""
+    import os
+    from types import SimpleNamespace
+
+    from ulr_spark.io.spark import cpu_threads_per_process
+
+    local = SimpleNamespace(sparkContext=SimpleNamespace(master="local[2]"))
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert cpu_threads_per_process(local, 1) == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert cpu_threads_per_process(local, 1) == len(allowed)

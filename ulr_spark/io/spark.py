@@ -99,3 +99,16 @@ def get_spark(config: SparkConfig) -> SparkSession:
     spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def runs_on_cluster(spark: SparkSession) -> bool:
+    """The session's master decides, not the config: spark-submit may have chosen another."""
+    return not spark.sparkContext.master.startswith("local")
+
+
+def cpu_threads_per_process(spark: SparkSession, num_processes: int) -> int:
+    """Locally the driver's cores are shared by the processes; on a cluster each process is one
+    barrier task and owns ``spark.task.cpus`` cores of its executor."""
+    if runs_on_cluster(spark):
+        return int(spark.conf.get("spark.task.cpus", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // num_processes)  # the cores this process may use (taskset, cgroups)

@@ -26,7 +26,7 @@ from ulr_spark.features.encoding import FeatureEncoder, encoder_of_examples
 from ulr_spark.io.artifacts import artifact_complete, check_run_id, publish_run, read_artifact, staging_run_dir
 from ulr_spark.io.delta import Provenance, read_table, replace_rows, sql_string, table_version
 from ulr_spark.io.sizing import is_shared_storage, petastorm_layout, table_bytes
-from ulr_spark.io.spark import describe_step
+from ulr_spark.io.spark import cpu_threads_per_process, describe_step, runs_on_cluster
 from ulr_spark.io.storage import remove_tree
 from ulr_spark.models.registry import MODEL_CLASSES
 from ulr_spark.models.spec import ModelSpec
@@ -82,7 +82,6 @@ def describe_examples(examples: DataFrame) -> ExamplesShape:
     stats = examples.agg(
         F.count(F.lit(1)).alias("rows"),
         F.max(F.size(schema.POSITIONS)).alias("k"),
-        F.max(F.size(schema.FEATURES)).alias("kd"),
         F.sum(schema.IMPRESSIONS).alias("impressions"),
         F.sum(F.col(schema.IMPRESSIONS) * F.col(schema.SLATE_SIZE)).alias("slot_impressions"),
         F.sum(F.aggregate(schema.CLICKS, F.lit(0).cast("long"), lambda acc, c: acc + c)).alias("clicks"),
@@ -91,6 +90,9 @@ def describe_examples(examples: DataFrame) -> ExamplesShape:
         raise ValueError("train: the examples table is empty; run build-examples on a non-empty log first")
     if not stats["clicks"]:
         raise ValueError("train: the examples hold no click; a log without clicks cannot identify relevance or bias")
+    # Every row holds k x D features (build-examples checks it): one row gives D without
+    # decoding the whole column.
+    kd = examples.select(F.size(schema.FEATURES).alias("kd")).first()["kd"]
     cells = (
         examples.select(schema.CONTEXT_ID, schema.CONTEXT_KEY, schema.IMPRESSIONS, F.explode(schema.POSITIONS).alias("slot"))
         .where(F.col("slot") > 0)
@@ -107,7 +109,7 @@ def describe_examples(examples: DataFrame) -> ExamplesShape:
         cell_impressions[(int(r[schema.CONTEXT_ID]), int(r["slot"]))] = int(r["n"])
     return ExamplesShape(
         rows=int(stats["rows"]),
-        num_features=int(stats["kd"]) // int(stats["k"]),
+        num_features=int(kd) // int(stats["k"]),
         max_slate_size=int(stats["k"]),
         contexts=contexts,
         impressions=int(stats["impressions"]),
@@ -121,19 +123,6 @@ def training_rows(examples: DataFrame, cap: int) -> int:
     """Rows the trainer sees once heavy rows are split into pieces of at most ``cap``."""
     pieces = F.greatest(F.lit(1), F.ceil(F.col(schema.IMPRESSIONS) / F.lit(cap)))
     return int(examples.agg(F.sum(pieces).alias("n")).first()["n"])
-
-
-def runs_on_cluster(spark: SparkSession) -> bool:
-    """The session's master decides, not the config: spark-submit may have chosen another."""
-    return not spark.sparkContext.master.startswith("local")
-
-
-def cpu_threads_per_process(spark: SparkSession, num_processes: int) -> int:
-    """Locally the driver's cores are shared by the processes; on a cluster each process is one
-    barrier task and owns ``spark.task.cpus`` cores of its executor."""
-    if runs_on_cluster(spark):
-        return int(spark.conf.get("spark.task.cpus", "1"))
-    return max(1, (os.cpu_count() or 1) // num_processes)
 
 
 def _run_distributed(spark: SparkSession, config: Config, jobs: list[TrainJob], converter) -> None:
@@ -223,8 +212,10 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
         validation = all_examples.where(F.col(schema.SPLIT) == SPLIT_VALIDATION)
     shape = describe_examples(examples)
     # Context ids are numbered over every split: a context seen only in validation or test
-    # must still have a row in the bias tables.
-    last_context = pinned.agg(F.max(schema.CONTEXT_ID)).first()[0]  # the window may not show every context
+    # must still have a row in the bias tables. One aggregation also counts the validation rows.
+    is_validation = F.col(schema.SPLIT) == SPLIT_VALIDATION if validation is not None else F.lit(False)
+    extra = all_examples.agg(F.max(schema.CONTEXT_ID).alias("last"), F.count(F.when(is_validation, 1)).alias("validation")).first()
+    last_context = extra["last"] if tc.window_days == 0 else pinned.agg(F.max(schema.CONTEXT_ID)).first()[0]  # the window may not show every context
     shape = dataclasses.replace(shape, num_contexts=max(int(last_context or 0), max(shape.contexts)) + 1)
     cap = shape.heavy_row_cap
     rows = training_rows(examples, cap)
@@ -258,7 +249,7 @@ def train(config: Config, spark: SparkSession, run_id: str, resume: bool = False
             )
     layout = petastorm_layout(table_bytes(spark, examples_path), tc.num_processes, config.examples.partitions, rows)
     staging = staging_run_dir(tables.path("models"), run_id)
-    held_out = validation_arrays(validation, shape, tc.seed) if validation is not None else None
+    held_out = validation_arrays(validation, shape, tc.seed, extra["validation"]) if validation is not None else None
     print(
         f"train: {held_out['positions'].shape[0]} validation slate(s); early stopping "
         + (f"after {tc.early_stopping_patience} epoch(s) without a better validation loss" if tc.early_stopping_patience else "off")

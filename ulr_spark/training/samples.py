@@ -50,11 +50,12 @@ def learned_bias_curves(
     ])
 
 
-def validation_arrays(validation: DataFrame, shape: ExamplesShape, seed: int) -> Optional[dict]:
+def validation_arrays(validation: DataFrame, shape: ExamplesShape, seed: int, rows: Optional[int] = None) -> Optional[dict]:
     """The validation slates as numpy arrays (features [N, K, D], positions, context ids,
     clicks, impressions), sampled down to about VALIDATION_ROWS rows; None when there is none.
-    Merged rows keep their weight: the loss is the same as over the requests they merge."""
-    rows = validation.count()
+    Merged rows keep their weight: the loss is the same as over the requests they merge.
+    ``rows``: the validation rows when the caller has counted them (else they are counted)."""
+    rows = validation.count() if rows is None else rows
     if not rows:
         return None
     if rows > VALIDATION_ROWS:
