@@ -197,8 +197,8 @@ def render_click_library(result: dict) -> str:
         "|---|---|",
     ]
     labels = {
-        "describe_examples": "shape of the examples (two aggregations)", "count_rows": "training rows (one aggregation)",
-        "validation_arrays": "validation split (a count, even when empty)", "petastorm_cache": "Petastorm cache (examples materialised)",
+        "describe_examples": "shape of the examples (aggregations)", "count_rows": "training rows (one aggregation)",
+        "validation_arrays": "validation split (its slates collected, if any)", "petastorm_cache": "Petastorm cache (examples materialised)",
         "curve_sample": "page sample for the curves", "torchrun_start_and_exit": "TorchDistributor/torchrun start and exit",
         "training_loop": "training loop (loader start, steps)", "curves": "curves read from the model",
         "write_curves": "bias_curves written", "other": "the rest (table version, encoder, context count, layout, publish)",

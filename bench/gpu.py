@@ -79,11 +79,7 @@ def step_rate(spark, config, device: torch.device, steps: int) -> float:
     try:
         torch.manual_seed(tc.seed)
         with memory_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, device, tc.seed) as batches:
-            model = build_model(spec).to(device)
-            rate = _timed_steps(model, batches, steps, 20, normaliser)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            return rate
+            return _timed_steps(build_model(spec).to(device), batches, steps, 20, normaliser)
     finally:
         converter.delete()
         shutil.rmtree(cache, ignore_errors=True)

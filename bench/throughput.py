@@ -36,12 +36,17 @@ def _timed_steps(model, batches, steps: int, warmup: int, normaliser: float) -> 
     objective = TrainingObjective(model)
     optimizer = torch.optim.Adam(objective.parameters(), lr=1e-3)
     for _ in range(warmup):
-        train_step(objective, optimizer, next(batches), normaliser)
+        batch = next(batches)
+        train_step(objective, optimizer, batch, normaliser)
+    # A GPU runs the steps asynchronously: the clock starts and stops on an idle device.
+    sync = torch.cuda.synchronize if batch.positions.is_cuda else (lambda: None)
+    sync()
     slates, started = 0, time.perf_counter()
     for _ in range(steps):
         batch = next(batches)
         train_step(objective, optimizer, batch, normaliser)
         slates += batch.positions.shape[0]
+    sync()
     return slates / (time.perf_counter() - started)
 
 
@@ -85,7 +90,7 @@ def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: 
     normaliser = tc.batch_size * shape.slot_impressions / training_rows(examples, shape.heavy_row_cap)
     in_memory = _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed)
     rows = training_rows(examples, shape.heavy_row_cap)
-    chosen, why = input_mode(tc.input, rows, 1, shape.max_slate_size, shape.num_features, tc.memory_limit_mb)
+    chosen, why = input_mode(tc.input, rows, tc.num_processes, shape.max_slate_size, shape.num_features, tc.memory_limit_mb)
     cpu = torch.device("cpu")
     petastorm_rates, loaded_rates, memory_rates, load_seconds = [], [], [], []
     try:

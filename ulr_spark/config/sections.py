@@ -277,7 +277,7 @@ class TrainConfig(Section):
     # How each process reads its shard: "memory" reads it once into tensors (on the training
     # device) and shuffles those; "stream" streams it through Petastorm, which holds only a
     # shuffle buffer; "auto" reads into memory when the shard's tensors fit in
-    # memory_limit_mb. Petastorm-fed steps ran at 78% of in-memory ones (docs/scaling.md).
+    # memory_limit_mb. Petastorm-fed steps ran at about 80% of in-memory ones (docs/scaling.md).
     input: Literal["auto", "memory", "stream"] = "auto"
     memory_limit_mb: PositiveInt = 2048
 

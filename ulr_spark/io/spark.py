@@ -111,4 +111,7 @@ def cpu_threads_per_process(spark: SparkSession, num_processes: int) -> int:
     barrier task and owns ``spark.task.cpus`` cores of its executor."""
     if runs_on_cluster(spark):
         return int(spark.conf.get("spark.task.cpus", "1"))
-    return max(1, len(os.sched_getaffinity(0)) // num_processes)  # the cores this process may use (taskset, cgroups)
+    # The cores this process may run on (taskset, a cgroup's cpuset), where the OS says (Linux).
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    return max(1, cores // num_processes)

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pyspark.sql import DataFrame, SparkSession
@@ -219,32 +220,53 @@ def read_shard(file_urls: list[str], max_slate_size: int, device: torch.device) 
     with pyarrow into tensors on ``device``: the :class:`SlateBatch` fields of every row."""
     import fsspec
     import numpy as np
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     k = max_slate_size
     positions = [f"{schema.POSITION_OF_ENTRY_PREFIX}{i}" for i in range(k)]
     clicks = [f"{schema.CLICKS_OF_ENTRY_PREFIX}{i}" for i in range(k)]
-    tables = []
+    # One file at a time into preallocated arrays: the peak is the result plus one file.
+    sizes = []
     for url in file_urls:
         with fsspec.open(url, "rb") as handle:
-            tables.append(pq.read_table(handle))
-    table = pa.concat_tables(tables) if tables else None
-    if table is None or table.num_rows == 0:
+            sizes.append(pq.ParquetFile(handle).metadata.num_rows)
+    rows = sum(sizes)
+    if not rows:
         raise ValueError("train: this process's shard of the examples is empty")
-    rows = table.num_rows
-    values = table.column(schema.FEATURES).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for url, n in zip(file_urls, sizes):
+        if not n:
+            continue
+        with fsspec.open(url, "rb") as handle:
+            table = pq.read_table(handle)
+        if not out:
+            d = len(table.column(schema.FEATURES)[0]) // k
+            out = {
+                "features": np.empty((rows, k, d), np.float32), "positions": np.empty((rows, k), np.int64),
+                "context_ids": np.empty(rows, np.int64), "clicks": np.empty((rows, k), np.float32),
+                "impressions": np.empty(rows, np.float32),
+            }
+        part = slice(start, start + n)
+        for chunk_start, chunk in _chunks(table.column(schema.FEATURES)):
+            values = chunk.flatten().to_numpy(zero_copy_only=False)
+            out["features"][start + chunk_start : start + chunk_start + len(chunk)] = values.reshape(len(chunk), k, -1)
+        for i in range(k):
+            out["positions"][part, i] = table.column(positions[i]).to_numpy()
+            out["clicks"][part, i] = table.column(clicks[i]).to_numpy()
+        out["context_ids"][part] = table.column(schema.CONTEXT_ID).to_numpy()
+        out["impressions"][part] = table.column(schema.IMPRESSIONS).to_numpy()
+        start += n
+        del table
+    return {name: torch.from_numpy(array).to(device) for name, array in out.items()}
 
-    def stacked(names: list[str], dtype) -> np.ndarray:
-        return np.stack([table.column(n).to_numpy().astype(dtype, copy=False) for n in names], axis=1)
 
-    return {
-        "features": torch.from_numpy(values.astype(np.float32).reshape(rows, k, -1)).to(device),
-        "positions": torch.from_numpy(stacked(positions, np.int64)).to(device),
-        "context_ids": torch.from_numpy(table.column(schema.CONTEXT_ID).to_numpy().astype(np.int64)).to(device),
-        "clicks": torch.from_numpy(stacked(clicks, np.float32)).to(device),
-        "impressions": torch.from_numpy(table.column(schema.IMPRESSIONS).to_numpy().astype(np.float32)).to(device),
-    }
+def _chunks(column) -> Iterator[tuple[int, Any]]:
+    """(offset, chunk) of each chunk of a chunked Arrow column."""
+    offset = 0
+    for chunk in column.chunks:
+        yield offset, chunk
+        offset += len(chunk)
 
 
 def shuffled_batches(tensors: dict[str, torch.Tensor], batch_size: int, seed: int) -> Iterator[SlateBatch]:
