@@ -21,17 +21,19 @@ from pyspark.sql import types as T
 from ulr_spark import schema
 from ulr_spark.config import Config, LogColumns
 from ulr_spark.examples.incremental import extended_contexts, plan_dates, request_date, with_fingerprints
-from ulr_spark.examples.splits import SPLIT_TEST, SPLIT_VALIDATION, grid_position, log_extent, split_column, split_violations
+from ulr_spark.examples.splits import grid_position, log_extent, split_column, split_violations
+from ulr_spark.examples.totals import SPLITS, context_vocabulary, merged_totals, share_of_pairs_in_several_slots, trainable_violations
 from ulr_spark.examples.validation import InvalidLogError, RequestChecks, Violation, sampled_feature_length, schema_violations
 from ulr_spark.features.encoding import fit_encoder, with_encoder_metadata
-from ulr_spark.io.delta import Provenance, overwrite_table, replace_rows
-from ulr_spark.io.sizing import example_files, example_row_bytes, set_shuffle_partitions, table_bytes
+from ulr_spark.io.delta import Provenance, overwrite_table, replace_rows, session_setting
+from ulr_spark.io.sizing import MIN_SCAN_PARTITIONS, example_files, example_row_bytes, scan_partitions, set_shuffle_partitions, table_bytes
 from ulr_spark.io.source import read_log, source_location
 from ulr_spark.io.spark import describe_step
 
 # The encoded relevance features of a log row (FeatureEncoder.column) and the split of its request.
 ENCODED = "__encoded_features"
 ROW_SPLIT = "__split"
+ENTRY = "__entry"  # a log row's slate entry (position, item, features, click)
 
 # Below this share of (query, item) pairs logged in more than one slot, position and relevance
 # can hardly be told apart (Hager et al., 2025), and build-examples says so.
@@ -77,36 +79,40 @@ def requests_to_slates(
     """
     k = max_slate_size
     d = checks.num_features if width is None else width
+    no_features = F.array_repeat(F.lit(0.0).cast("float"), d)
+    # Missing values are padded here, row by row, so the slate's arrays need no lambda.
     entry = F.when(
         F.col(cols.position) <= k,
         F.struct(
-            F.col(cols.position).cast("int").alias("position"),
-            F.col(cols.item_id).cast("string").alias("item_id"),
-            F.col(features or cols.features).cast(T.ArrayType(T.FloatType())).alias("features"),
-            F.col(cols.clicked).cast("int").alias("clicked"),
+            F.coalesce(F.col(cols.position).cast("int"), F.lit(0)).alias("position"),
+            F.coalesce(F.col(cols.item_id).cast("string"), F.lit("")).alias("item_id"),
+            F.coalesce(F.col(features or cols.features).cast(T.ArrayType(T.FloatType())), no_features).alias("features"),
+            F.coalesce(F.col(cols.clicked).cast("int"), F.lit(0)).alias("clicked"),
         ),
     )
     split = F.min(ROW_SPLIT) if ROW_SPLIT in log.columns else F.lit(schema.SPLIT_TRAIN)
     dates = [request_date(cols.event_date).alias(schema.EVENT_DATE)] if dated else []
-    per_request = log.groupBy(F.col(cols.request_id).alias("request_id"), *dates).agg(
+    # The entry is a column of its own: inside collect_list Spark would interpret it row by row.
+    per_request = log.withColumn(ENTRY, entry).groupBy(F.col(cols.request_id).alias("request_id"), *dates).agg(
         # Structs sort by their first field, the position; collect_list skips the nulls.
-        F.array_sort(F.collect_list(entry)).alias("slate"),
+        F.sort_array(F.collect_list(ENTRY)).alias("slate"),
         split.alias(schema.SPLIT),
         *checks.aggregates(),
     )
 
-    def padded(expr: str, pad: str) -> F.Column:
-        return F.expr(f"transform(sequence(0, {k - 1}), i -> coalesce(get(slate, i).{expr}, {pad}))")
+    def padded(field: str, pad: F.Column) -> F.Column:
+        """The first k entries' ``field``, padded to k with ``pad``."""
+        return F.slice(F.concat(F.col("slate")[field], F.array_repeat(pad, k)), 1, k)
 
     return per_request.select(
         F.col("min_query").alias(schema.QUERY_ID),
         F.col("min_context").alias(schema.CONTEXT_KEY),
         F.col(schema.SPLIT),
         F.size("slate").cast("int").alias(schema.SLATE_SIZE),
-        padded("item_id", "''").alias(schema.ITEM_IDS),
-        padded("position", "0").alias(schema.POSITIONS),
-        F.flatten(padded("features", f"array_repeat(cast(0 as float), {d})")).alias(schema.FEATURES),
-        padded("clicked", "0").alias("request_clicks"),
+        padded("item_id", F.lit("")).alias(schema.ITEM_IDS),
+        padded("position", F.lit(0)).alias(schema.POSITIONS),
+        F.flatten(padded("features", no_features)).alias(schema.FEATURES),
+        padded("clicked", F.lit(0)).alias("request_clicks"),
         *([F.col(schema.EVENT_DATE)] if dated else []),
         *checks.counts(),
     )
@@ -153,16 +159,6 @@ def unmerged_slates(slates: DataFrame) -> DataFrame:
     )
 
 
-def context_vocabulary(examples: DataFrame) -> dict[str, int]:
-    """Dense ids for the context keys in sorted order, ``default`` first when present.
-
-    Context columns are low-cardinality by contract, so the keys are collected to the driver.
-    """
-    keys = sorted(r[0] for r in examples.select(schema.CONTEXT_KEY).distinct().collect())
-    keys.sort(key=lambda key: key != schema.DEFAULT_CONTEXT_KEY)
-    return {key: i for i, key in enumerate(keys)}
-
-
 def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
     mapping = F.create_map(*[F.lit(v) for pair in vocab.items() for v in pair])
     return examples.select(
@@ -171,35 +167,6 @@ def with_context_ids(examples: DataFrame, vocab: dict[str, int]) -> DataFrame:
         schema.ITEM_IDS, schema.POSITIONS, schema.FEATURES, schema.IMPRESSIONS, schema.CLICKS,
         *[c for c in (schema.EVENT_DATE, schema.SOURCE_FINGERPRINT) if c in examples.columns],
     )
-
-
-def share_of_pairs_in_several_slots(examples: DataFrame) -> float:
-    """Share of (query, item) pairs shown in two or more different slots (slots up to the cap),
-    read from the examples, which are much smaller than the log."""
-    entries = examples.select(
-        schema.QUERY_ID, F.explode(F.arrays_zip(F.col(schema.ITEM_IDS).alias("item"), F.col(schema.POSITIONS).alias("slot"))).alias("e")
-    ).where(F.col("e.slot") > 0)
-    per_pair = entries.groupBy(schema.QUERY_ID, F.col("e.item").alias("item")).agg(
-        F.countDistinct(F.col("e.slot")).alias("slots")
-    )
-    row = per_pair.agg(F.avg((F.col("slots") > 1).cast("double")).alias("share")).first()
-    return float(row["share"] or 0.0)
-
-
-def trainable_violations(totals, cols: LogColumns, max_slate_size: int, total_rows: int) -> list[Violation]:
-    """Rules on the log as a whole: it must leave something to train on."""
-    found = []
-    if not totals["examples"]:
-        found.append(Violation(
-            cols.position, f"at least one row must sit within max_slate_size={max_slate_size} (every row is beyond it, "
-            "so no slate can be built)", total_rows,
-        ))
-    if not totals["clicks"]:
-        found.append(Violation(
-            cols.clicked, "at least one row within max_slate_size must be a click (1): without clicks neither relevance "
-            "nor position bias can be identified", total_rows,
-        ))
-    return found
 
 
 def build_examples(config: Config, spark, run_id: str, full: bool = False) -> ExamplesSummary:
@@ -212,8 +179,14 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
     The log is read (never written): the rules are counted inside the per-request aggregation,
     the merged rows are cached, and nothing is written unless every rule holds. Fitting the
     feature transform (numeric statistics, vocabularies) and, for a grid of rows and columns or
-    a test split by days, the log's extent add one aggregation each.
+    a test split by days, the log's extent add one aggregation each. The log's scan is cut into
+    several splits per core (``sizing.scan_partitions``).
     """
+    with session_setting(spark, MIN_SCAN_PARTITIONS, str(scan_partitions(spark))):
+        return _build_examples(config, spark, run_id, full)
+
+
+def _build_examples(config: Config, spark, run_id: str, full: bool) -> ExamplesSummary:
     cols, k, fc = config.columns, config.examples.max_slate_size, config.features
     describe_step(spark, "check the log's schema")
     log = read_log(config, spark)
@@ -276,19 +249,8 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
     merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         describe_step(spark, "group requests into slates, count the rules, merge identical slates")
-        check_columns = RequestChecks.count_columns(merged)
-        empty = F.col(schema.SLATE_SIZE) == 0
-        in_split = {name: F.col(schema.SPLIT) == name for name in (schema.SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_TEST)}
-        totals = merged.agg(
-            F.sum(F.when(empty, 0).otherwise(1)).alias("examples"),
-            F.sum(schema.IMPRESSIONS).alias("requests"),
-            F.sum(F.when(empty, F.col(schema.IMPRESSIONS)).otherwise(0)).alias("empty_requests"),
-            F.sum(F.aggregate(schema.CLICKS, F.lit(0).cast("long"), lambda acc, c: acc + c)).alias("clicks"),
-            *[F.sum(F.when(test & ~empty, F.col(schema.IMPRESSIONS)).otherwise(0)).alias(f"requests_{name}")
-              for name, test in in_split.items()],
-            *[F.sum(c).alias(c) for c in check_columns],
-        ).first()
-        split_requests = {name: int(totals[f"requests_{name}"] or 0) for name in in_split}
+        totals = merged_totals(merged, k)
+        split_requests = {name: int(totals[f"requests_{name}"] or 0) for name in SPLITS}
         broken = checks.violations(totals) + trainable_violations(totals, cols, k, total)
         broken += split_violations(config, split_requests, total)
         if broken:
@@ -315,7 +277,8 @@ def build_examples(config: Config, spark, run_id: str, full: bool = False) -> Ex
             config.examples.partitions,
         )
         describe_step(spark, "write the examples")
-        vocabulary = context_vocabulary(merged.where(~empty))
+        empty = F.col(schema.SLATE_SIZE) == 0
+        vocabulary = context_vocabulary(totals["contexts"])
         if reused is not None and plan is not None:
             vocabulary = extended_contexts(plan.contexts, list(vocabulary))
         examples = with_context_ids(merged.where(~empty), vocabulary)

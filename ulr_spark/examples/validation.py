@@ -145,7 +145,7 @@ def row_rules(cols: LogColumns, num_features: int) -> list[RowRule]:
                 f"must hold {num_features} values (the length of the first rows), each finite as the float32 the "
                 "trainer reads (no null, NaN, infinity or magnitude above 3.4e38)"
                 if num_features else "must not be empty: an array of no value gives the relevance tower nothing to read",
-                features.isNotNull() & ((length != num_features) | (length == 0) | F.exists(features, not_finite_float32)),
+                features.isNotNull() & ((length != num_features) | (length == 0) | any_not_finite_float32(features)),
             ),
         ]
     return rules + [
@@ -158,12 +158,35 @@ def row_rules(cols: LogColumns, num_features: int) -> list[RowRule]:
     ]
 
 
+def any_not_finite_float32(values: Column) -> Column:
+    """True where an array holds a value that :func:`not_finite_float32` rejects (null for a null
+    array). The same test as ``exists(values, not_finite_float32)``, without a lambda, which Spark
+    evaluates row by row outside its generated code: after the cast, an element that is NaN or
+    infinite overlaps the array of those three values, and an array that overlaps nothing but
+    holds a null makes ``arrays_overlap`` null."""
+    special = F.array(F.lit(float("nan")), F.lit(float("inf")), F.lit(float("-inf"))).cast(T.ArrayType(T.FloatType()))
+    overlap = F.arrays_overlap(values.cast(T.ArrayType(T.FloatType())), special)
+    return F.when(values.isNotNull(), F.coalesce(overlap, F.lit(True)))
+
+
 def not_finite_float32(value: Column) -> Column:
     """True where a number is null, or not finite once cast to float32 (the type the trainer and
     the scorer read): NaN, infinity, or a double too large for float32, which the cast turns
     into infinity."""
     as_float = value.cast("float")
     return value.isNull() | F.isnan(as_float) | (F.abs(as_float) == F.lit(float("inf")))
+
+
+def rows_in_shared_slots(sorted_positions: Column) -> Column:
+    """How many entries of a sorted array of positions have an equal neighbour, without a lambda
+    (a lambda would keep Spark from compiling the whole per-request projection): written as
+    ``,1,,2,,2,,3,``, every run of one repeated token is removed, and the tokens left are the
+    entries of a slot of their own. Only arrays that hold a repeated position get that far."""
+    n = F.size(sorted_positions)
+    tokens = F.concat(F.lit(","), F.array_join(sorted_positions.cast(T.ArrayType(T.StringType())), ",,"), F.lit(","))
+    singles = F.regexp_replace(tokens, r"(,-?[0-9]+,)\1+", "")
+    shared = n - (F.length(singles) - F.length(F.regexp_replace(singles, ",", ""))) / 2
+    return F.when(F.size(F.array_distinct(sorted_positions)) == n, F.lit(0)).otherwise(shared.cast("int"))
 
 
 class RequestChecks:
@@ -187,7 +210,7 @@ class RequestChecks:
         return out + [
             F.count(F.lit(1)).alias("log_rows"),
             F.sum(F.when(F.col(cols.position) > self.max_slate_size, 1).otherwise(0)).alias("beyond_rows"),
-            F.array_sort(F.collect_list(cols.position)).alias("all_positions"),
+            F.sort_array(F.collect_list(cols.position)).alias("all_positions"),
             F.min(F.col(cols.query_id).cast("string")).alias("min_query"),
             F.max(F.col(cols.query_id).cast("string")).alias("max_query"),
             F.min(context_key(cols)).alias("min_context"),
@@ -198,12 +221,7 @@ class RequestChecks:
         rows = F.col("log_rows")
         # On the sorted positions, a row shares its slot when a neighbour has the same value.
         p = F.col("all_positions")
-        shared_slot = F.size(
-            F.filter(
-                F.sequence(F.lit(0), F.greatest(F.size(p) - 1, F.lit(0))),
-                lambda i: (F.get(p, i) == F.get(p, i - 1)) | (F.get(p, i) == F.get(p, i + 1)),
-            )
-        )
+        shared_slot = rows_in_shared_slots(p)
         request_keyed = F.col("request_id").isNotNull()
         out = [F.col(f"broken_{r.name}").cast("long").alias(f"check_{r.name}") for r in self.rules]
         return out + [

@@ -37,6 +37,27 @@ def session_settings() -> dict[str, str]:
     }
 
 
+# Delta keeps a table's file list (its snapshot) in this many partitions, and every query of the
+# table scans them all: Delta's default of 50 costs a wave of 50 tasks per query on a small
+# machine, for a list that is small unless the table has very many files.
+DELTA_SNAPSHOT_PARTITIONS = "spark.databricks.delta.snapshotPartitions"
+DELTA_DEFAULT_SNAPSHOT_PARTITIONS = 50
+# Splits of a file scan: Spark cuts the input into at least this many per core (files and row
+# groups permitting, and never more than 128 MiB each), so that a few large splits do not leave
+# cores idle at the end of the scan.
+MIN_SCAN_PARTITIONS = "spark.sql.files.minPartitionNum"
+SCAN_SPLITS_PER_CORE = 4
+
+
+def snapshot_partitions(cores: int) -> int:
+    """Two per core, never more than Delta's default."""
+    return min(DELTA_DEFAULT_SNAPSHOT_PARTITIONS, 2 * max(1, cores))
+
+
+def scan_partitions(spark: SparkSession) -> int:
+    return SCAN_SPLITS_PER_CORE * default_parallelism(spark)
+
+
 def table_bytes(spark: SparkSession, path: str) -> int:
     """Size of a Delta table's current snapshot, from its log (no scan)."""
     from delta.tables import DeltaTable

@@ -15,7 +15,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from ulr_spark.config import SparkConfig
-from ulr_spark.io.sizing import session_settings
+from ulr_spark.io.sizing import DELTA_SNAPSHOT_PARTITIONS, default_parallelism, session_settings, snapshot_partitions
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -55,6 +55,14 @@ def under_spark_submit() -> bool:
 def _apply_runtime_settings(spark: SparkSession, extra: dict[str, str]) -> SparkSession:
     for key, value in {**RUNTIME_SETTINGS, **extra}.items():
         spark.conf.set(key, value)
+    return _size_delta_snapshots(spark)
+
+
+def _size_delta_snapshots(spark: SparkSession) -> SparkSession:
+    """Delta's snapshot partitions from the cores (sizing.snapshot_partitions), unless whoever
+    started the session set them."""
+    if spark.conf.get(DELTA_SNAPSHOT_PARTITIONS, None) is None:
+        spark.conf.set(DELTA_SNAPSHOT_PARTITIONS, str(snapshot_partitions(default_parallelism(spark))))
     return spark
 
 
@@ -98,7 +106,7 @@ def get_spark(config: SparkConfig) -> SparkSession:
 
     spark = configure_spark_with_delta_pip(builder).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    return spark
+    return _size_delta_snapshots(spark)
 
 
 def runs_on_cluster(spark: SparkSession) -> bool:
