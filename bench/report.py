@@ -242,8 +242,8 @@ def render(results: list[dict], host: dict, commands: list[str], total_seconds: 
                 f"{s['python_reads_files_seconds_without_write']:.1f} | "
                 f"{s['rows'] / s['python_reads_files_seconds_without_write']:,.0f} |",
                 "",
-                f"Arrow batches of {s['batch_size']:,} rows (`score.batch_size`). The Delta write uses the scores "
-                "table's settings: statistics of run id, pairs source and model only.",
+                f"Arrow batches of {s['batch_size']:,} rows (`score.batch_size`). The Delta write keeps statistics of "
+                "the filter column only (`model`; the scores table: run id, pairs source and model).",
                 "",
             ]
     lines += ["## Commands", "", "```"] + commands + ["```", ""]

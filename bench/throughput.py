@@ -22,7 +22,7 @@ from ulr_spark import schema
 from ulr_spark.config import Config
 from ulr_spark.inference import broadcast_models, models_from_broadcast
 from ulr_spark.io.artifacts import load_model
-from ulr_spark.io.delta import read_table, with_stats_columns
+from ulr_spark.io.delta import STATS_COLUMNS_PROPERTY, read_table
 from ulr_spark.io.sizing import petastorm_layout, table_bytes
 from ulr_spark.models.registry import TrainingObjective, build_model
 from ulr_spark.scoring import SCORE_ARROW_SCHEMA, SCORE_SCHEMA, feature_matrix, score_pairs
@@ -156,8 +156,8 @@ def score_throughput(spark, config: Config, artifact, output_root: str) -> dict:
             _alias(cols.query_id, schema.QUERY_ID), _alias(cols.item_id, schema.ITEM_ID), _alias(cols.features, schema.FEATURES)
         )
         scored = score_pairs(pairs, spark, [artifact], batch_size).write
-        if write:  # the scores table's settings (its statistics columns)
-            with_stats_columns(scored.format("delta"), "scores").mode("overwrite").save(os.path.join(output_root, "scores_spark"))
+        if write:  # as the scores table: statistics of its filter columns only (here: model)
+            scored.format("delta").option(STATS_COLUMNS_PROPERTY, schema.MODEL).mode("overwrite").save(os.path.join(output_root, "scores_spark"))
         else:
             scored.format("noop").mode("overwrite").save()
         return time.perf_counter() - started
