@@ -61,21 +61,12 @@ def quality(spark, config, run_id: str) -> dict:
 
 def step_rate(spark, config, device: torch.device, steps: int) -> float:
     """Slates per second of one process on ``device`` (bench.throughput's timed steps)."""
-    from bench.throughput import _timed_steps
-    from ulr_spark.io.delta import read_table
-    from ulr_spark.io.sizing import petastorm_layout, table_bytes
+    from bench.throughput import _timed_steps, one_process_cache
     from ulr_spark.models.registry import build_model
-    from ulr_spark.training.driver import describe_examples, model_spec, training_rows
-    from ulr_spark.training.loaders import make_converter, memory_batches
+    from ulr_spark.training.loaders import memory_batches
 
-    tables, tc = config.tables, config.train
-    examples = read_table(spark, tables.path("examples"))
-    shape = describe_examples(examples)
-    spec = model_spec(config, tc.models[0], shape)
-    cache = tables.path("petastorm_cache") + "_gpu_bench"
-    layout = petastorm_layout(table_bytes(spark, tables.path("examples")), 1, 1)
-    converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size, shape.heavy_row_cap)
-    normaliser = tc.batch_size * shape.slot_impressions / training_rows(examples, shape.heavy_row_cap)
+    tc = config.train
+    _, shape, spec, converter, cache, normaliser = one_process_cache(spark, config, "_gpu_bench")
     try:
         torch.manual_seed(tc.seed)
         with memory_batches(converter, tc.batch_size, 0, 1, shape.max_slate_size, device, tc.seed) as batches:

@@ -75,19 +75,27 @@ def _in_memory_batches(examples, batch_size: int, k: int, seed: int):
             )
 
 
-def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: int = 3, threads: int = 1) -> dict:
-    """Slates per second of one training process: Petastorm-fed against in-memory, measured in
-    alternating rounds (the machine's speed drifts between minutes); the ratio is the median."""
-    torch.set_num_threads(threads)
+def one_process_cache(spark, config: Config, suffix: str):
+    """(examples, shape, spec, converter, cache folder, loss normaliser) of one training process
+    on the examples table: its Petastorm cache as the trainer writes it, for timed steps."""
     tables, tc = config.tables, config.train
     examples = read_table(spark, tables.path("examples"))
     shape = describe_examples(examples)
     spec = model_spec(config, tc.models[0], shape)
-    cache = tables.path("petastorm_cache") + "_bench"
+    cache = tables.path("petastorm_cache") + suffix
     layout = petastorm_layout(table_bytes(spark, tables.path("examples")), 1, 1)
     converter = make_converter(spark, examples, "file://" + cache, layout, shape.max_slate_size, shape.heavy_row_cap)
     # The trainer's constant (ulr_spark.training.driver.train): slot impressions per batch.
     normaliser = tc.batch_size * shape.slot_impressions / training_rows(examples, shape.heavy_row_cap)
+    return examples, shape, spec, converter, cache, normaliser
+
+
+def training_throughput(spark, config: Config, steps: int, warmup: int, rounds: int = 3, threads: int = 1) -> dict:
+    """Slates per second of one training process: Petastorm-fed against in-memory, measured in
+    alternating rounds (the machine's speed drifts between minutes); the ratio is the median."""
+    torch.set_num_threads(threads)
+    tc = config.train
+    examples, shape, spec, converter, cache, normaliser = one_process_cache(spark, config, "_bench")
     in_memory = _in_memory_batches(examples, tc.batch_size, shape.max_slate_size, tc.seed)
     rows = training_rows(examples, shape.heavy_row_cap)
     chosen, why = input_mode(tc.input, rows, tc.num_processes, shape.max_slate_size, shape.num_features, tc.memory_limit_mb)
